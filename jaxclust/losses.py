@@ -1,0 +1,111 @@
+"""Loss terms, each a pure function returning a scalar mean over (weighted) samples.
+
+Every loss takes optional per-sample ``weights`` ``[N]``: the engine pads the last
+minibatch to a fixed shape and gives padding rows weight 0, so a padded batch gives the
+same value as the unpadded one.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+
+def weighted_mean(values: ArrayLike, weights: ArrayLike | None = None) -> jax.Array:
+  """Mean of per-sample ``values`` ``[N]`` under ``weights`` ``[N]`` (plain mean if None)."""
+  values = jnp.asarray(values)
+  if weights is None:
+    return jnp.mean(values)
+  weights = jnp.asarray(weights, values.dtype)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def soft_cross_entropy(
+    logits: ArrayLike, targets: ArrayLike, weights: ArrayLike | None = None
+) -> jax.Array:
+  """Cross-entropy of soft predictions against soft targets.
+
+  ``-1/N sum_i sum_k q_ik log p_ik`` with ``p = softmax(logits)`` (DEPICT eq. 8, and the
+  clustering term of eq. 12 when ``logits`` come from the noisy pathway).
+
+  Args:
+    logits: ``[N, K]`` unnormalised log-probabilities.
+    targets: ``[N, K]`` target distributions ``q`` (rows sum to one).
+    weights: optional ``[N]`` per-sample weights.
+
+  Returns:
+    scalar loss.
+  """
+  log_p = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+  per_sample = -jnp.sum(jnp.asarray(targets) * log_p, axis=-1)
+  return weighted_mean(per_sample, weights)
+
+
+def kl_divergence(
+    q: ArrayLike, p: ArrayLike, weights: ArrayLike | None = None, eps: float = 1e-12
+) -> jax.Array:
+  """``KL(Q || P) = 1/N sum_i sum_k q_ik log(q_ik / p_ik)`` (DEPICT eq. 2; DEC eq. 2).
+
+  Terms with ``q_ik = 0`` contribute zero.
+
+  Args:
+    q: ``[N, K]`` target distributions.
+    p: ``[N, K]`` model distributions.
+    weights: optional ``[N]`` per-sample weights.
+
+  Returns:
+    scalar divergence.
+  """
+  q = jnp.asarray(q)
+  p = jnp.asarray(p)
+  per_sample = jnp.sum(jnp.where(q > 0, q * (jnp.log(q + eps) - jnp.log(p + eps)), 0.0), axis=-1)
+  return weighted_mean(per_sample, weights)
+
+
+def reconstruction_error(
+    target: ArrayLike, reconstruction: ArrayLike, weights: ArrayLike | None = None
+) -> jax.Array:
+  """``1/N sum_i 1/|z_i| ||z_i - z_hat_i||^2``: squared error normalised by the layer size.
+
+  Args:
+    target: ``[N, ...]`` layer activations (or inputs).
+    reconstruction: same shape as ``target``.
+    weights: optional ``[N]`` per-sample weights.
+
+  Returns:
+    scalar loss.
+  """
+  diff = jnp.asarray(target) - jnp.asarray(reconstruction)
+  per_sample = jnp.mean(jnp.square(diff).reshape(diff.shape[0], -1), axis=-1)
+  return weighted_mean(per_sample, weights)
+
+
+def layerwise_reconstruction(
+    clean: Sequence[ArrayLike],
+    reconstructed: Sequence[ArrayLike],
+    weights: ArrayLike | None = None,
+    layer_weights: Sequence[float] | None = None,
+) -> tuple[jax.Array, list[jax.Array]]:
+  """DEPICT's multi-layer (MdA) reconstruction term.
+
+  ``1/N sum_i sum_{l=0}^{L-1} 1/|z^l_i| ||z^l_i - z_hat^l_i||^2`` between the clean encoder
+  layers ``z^l`` (``z^0`` is the input) and the decoder layers ``z_hat^l`` (DEPICT eq. 12,
+  second term).
+
+  Args:
+    clean: the clean encoder's layers ``[z^0, ..., z^{L-1}]``, each ``[N, ...]``.
+    reconstructed: the decoder's layers in the same order and shapes.
+    weights: optional ``[N]`` per-sample weights.
+    layer_weights: optional factor per layer (the paper uses 1 for every layer).
+
+  Returns:
+    ``(total, per_layer)``: the weighted sum and the unweighted term of each layer.
+  """
+  if len(clean) != len(reconstructed):
+    raise ValueError(f"{len(clean)} clean layers but {len(reconstructed)} reconstructed ones")
+  if layer_weights is None:
+    layer_weights = [1.0] * len(clean)
+  per_layer = [reconstruction_error(z, z_hat, weights) for z, z_hat in zip(clean, reconstructed)]
+  total = sum(w * term for w, term in zip(layer_weights, per_layer))
+  return total, per_layer

@@ -1,0 +1,193 @@
+"""Flax (Linen) networks. Encoders and decoders return every layer's activation, because
+DEPICT's reconstruction loss compares them layer by layer.
+
+Images are channels-last, ``[N, H, W, C]``.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+xavier = nn.initializers.xavier_uniform()
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """One strided convolution of the encoder; the decoder mirrors it as a transposed one.
+
+  ``padding`` is the encoder's zero padding and the decoder's crop (DEPICT Table 5).
+  """
+
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+
+
+def conv_output_size(size: int, spec: ConvSpec) -> int:
+  """Spatial size after ``spec``: ``floor((n + 2p - k) / s) + 1``."""
+  return (size + 2 * spec.padding - spec.kernel_size) // spec.stride + 1
+
+
+def encoder_shapes(
+    image_shape: Sequence[int], convs: Sequence[ConvSpec]
+) -> list[tuple[int, int, int]]:
+  """``(H, W, C)`` of the input and of every conv layer's output."""
+  h, w, c = image_shape
+  shapes = [(h, w, c)]
+  for spec in convs:
+    h, w = conv_output_size(h, spec), conv_output_size(w, spec)
+    if h < 1 or w < 1:
+      raise ValueError(f"image of shape {tuple(image_shape)} is too small for conv layers {convs}")
+    shapes.append((h, w, spec.features))
+  return shapes
+
+
+class ConvEncoder(nn.Module):
+  """Strided convolutions then a fully connected embedding layer (DEPICT eq. 9 and 11).
+
+  Leaky ReLU on the convolutions, tanh on the embedding, Xavier initialisation. With
+  ``train=True`` this is the noisy (corrupted) pathway: dropout on the input and on the
+  output of each convolution (``dropout_rates[l]`` for layer ``l``); with ``train=False`` it
+  is the clean pathway.
+
+  Returns the activations ``[z^0, z^1, ..., z^L]``: the (possibly corrupted) input, each
+  conv output ``[N, H_l, W_l, C_l]``, and the embedding ``[N, embedding_dim]``.
+  """
+
+  convs: Sequence[ConvSpec]
+  embedding_dim: int
+  dropout_rates: Sequence[float] = (0.1, 0.1, 0.1)
+  negative_slope: float = 0.01
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+    x = nn.Dropout(self.dropout_rates[0], deterministic=not train)(x)
+    activations = [x]
+    h = x
+    for layer, spec in enumerate(self.convs):
+      h = nn.Conv(
+          spec.features,
+          (spec.kernel_size, spec.kernel_size),
+          strides=(spec.stride, spec.stride),
+          padding=[(spec.padding, spec.padding)] * 2,
+          kernel_init=xavier,
+          name=f"conv{layer + 1}",
+      )(h)
+      h = nn.leaky_relu(h, self.negative_slope)
+      h = nn.Dropout(self.dropout_rates[layer + 1], deterministic=not train)(h)
+      activations.append(h)
+    z = nn.Dense(self.embedding_dim, kernel_init=xavier, name="embedding")(h.reshape(h.shape[0], -1))
+    activations.append(jnp.tanh(z))
+    return activations
+
+
+class ConvDecoder(nn.Module):
+  """Mirror of :class:`ConvEncoder`: fully connected, then strided transposed convolutions
+  (DEPICT eq. 10). Leaky ReLU everywhere except tanh on the reconstructed input.
+
+  ``shapes`` are the encoder's layer shapes (:func:`encoder_shapes`); each transposed
+  convolution crops by the encoder's padding and adds output padding where the encoder's
+  stride dropped pixels, so every decoder layer has its encoder layer's shape.
+
+  Returns ``[z_hat^0, ..., z_hat^{L-1}]``: the reconstructed input first, then each
+  reconstructed conv layer, in the encoder's order.
+  """
+
+  convs: Sequence[ConvSpec]
+  shapes: Sequence[tuple[int, int, int]]
+  negative_slope: float = 0.01
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> list[jax.Array]:
+    top_h, top_w, top_c = self.shapes[-1]
+    h = nn.Dense(top_h * top_w * top_c, kernel_init=xavier, name="dense")(z)
+    h = nn.leaky_relu(h, self.negative_slope).reshape(z.shape[0], top_h, top_w, top_c)
+    reconstructed = [h]
+    for layer in reversed(range(len(self.convs))):
+      spec = self.convs[layer]
+      out_h, out_w, out_c = self.shapes[layer]
+      h = TransposedConv(
+          out_c, spec.kernel_size, spec.stride, spec.padding,
+          output_size=(out_h, out_w), name=f"deconv{layer + 1}",
+      )(h)
+      h = jnp.tanh(h) if layer == 0 else nn.leaky_relu(h, self.negative_slope)
+      reconstructed.append(h)
+    return reconstructed[::-1]
+
+
+class TransposedConv(nn.Module):
+  """Transposed convolution with the semantics of ``ConvTranspose2d`` / Lasagne's
+  ``Deconv2DLayer``: output size ``(n - 1) * stride + kernel - 2 * crop (+ extra)``.
+
+  The kernel is stored as ``[kh, kw, in, out]`` and applied as the gradient of a strided
+  convolution: the input is dilated by the stride and convolved with the spatially
+  flipped kernel.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int
+  crop: int
+  output_size: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s, c = self.kernel_size, self.stride, self.crop
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", xavier, (k, k, in_features, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    pads = []
+    for axis, target in enumerate(self.output_size):
+      natural = (x.shape[1 + axis] - 1) * s + k - 2 * c
+      extra = target - natural
+      if extra < 0 or extra >= s:
+        raise ValueError(f"cannot reach size {target} from {x.shape[1 + axis]} with {k=}, {s=}, crop={c}")
+      pads.append((k - 1 - c, k - 1 - c + extra))
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel[::-1, ::-1],
+        window_strides=(1, 1),
+        padding=pads,
+        lhs_dilation=(s, s),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + bias
+
+
+class ConvAutoencoder(nn.Module):
+  """DEPICT's convolutional autoencoder with the softmax clustering layer on top (Fig. 2).
+
+  ``__call__(x, train)`` runs one pathway: with ``train=True`` the noisy encoder and the
+  decoder (whose layers are reconstruction targets), with ``train=False`` the clean encoder.
+  """
+
+  image_shape: tuple[int, int, int]
+  convs: Sequence[ConvSpec]
+  num_clusters: int
+  dropout_rates: Sequence[float] = (0.1, 0.1, 0.1)
+  negative_slope: float = 0.01
+
+  def setup(self):
+    self.encoder = ConvEncoder(self.convs, self.num_clusters, self.dropout_rates, self.negative_slope)
+    self.decoder = ConvDecoder(
+        self.convs, tuple(encoder_shapes(self.image_shape, self.convs)), self.negative_slope
+    )
+    # Softmax layer (eq. 1); initialised from k-means centroids once clusters exist.
+    self.head = nn.Dense(self.num_clusters, kernel_init=xavier, name="head")
+
+  def encode(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+    return self.encoder(x, train=train)
+
+  def decode(self, z: jax.Array) -> list[jax.Array]:
+    return self.decoder(z)
+
+  def logits(self, z: jax.Array) -> jax.Array:
+    return self.head(z)
+
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    encoded = self.encode(x, train=train)
+    return encoded, self.decode(encoded[-1]), self.logits(encoded[-1])
