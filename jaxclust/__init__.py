@@ -1,0 +1,24 @@
+"""jaxclust: deep image clustering as pure JAX functions.
+
+Pieces (pure, jittable, differentiable): heads, targets, losses, k-means, metrics.
+Algorithms run on one engine (:mod:`jaxclust.engine`); estimators wrap them with
+scikit-learn's ``fit``/``predict``.
+"""
+
+from jaxclust.cluster import kmeans
+from jaxclust.data import Dataset, load_dataset
+from jaxclust.engine import Algorithm, Engine, FitResult, TrainConfig
+from jaxclust.errors import CheckpointError, ConfigError, DataError, JaxclustError, TrainingError
+from jaxclust.estimator import DEPICT
+from jaxclust.heads import softmax_assign, softmax_logits, student_t_assign
+from jaxclust.losses import (
+    kl_divergence,
+    layerwise_reconstruction,
+    reconstruction_error,
+    soft_cross_entropy,
+    weighted_mean,
+)
+from jaxclust.metrics import acc, ari, best_map, clustering_scores, confusion_matrix, nmi
+from jaxclust.targets import dec_target, depict_target
+
+__version__ = "0.1.0"

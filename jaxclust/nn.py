@@ -155,7 +155,7 @@ class TransposedConv(nn.Module):
         lhs_dilation=(s, s),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return y + bias
+    return y + bias[None, None, None, :]
 
 
 class ConvAutoencoder(nn.Module):

@@ -1,0 +1,176 @@
+"""DEPICT: deep embedded regularized clustering (Ghasedi Dizaji et al., ICCV 2017; paper 000).
+
+A softmax layer on the embedding of a convolutional autoencoder, trained by alternating
+(Algorithm 1):
+
+1. Initialise Q by k-means on the embedding of the warmed-up autoencoder; the softmax
+   weights start as the normalised centroids (the authors' code).
+2. M-step, eq. 12: cross-entropy of the noisy pathway's softmax against Q, plus the
+   reconstruction error between every decoder layer and its clean encoder layer (MdA),
+   each normalised by the layer size.
+3. E-step, eq. 7: ``q_ik ∝ p_ik (u_k / sum_i' p_i'k)^(1/2)`` on the clean pathway.
+
+Sources for what the paper leaves open, from the authors' code (herandy/DEPICT):
+- Warm-up: the same joint reconstruction loss without the clustering term.
+- Leaky ReLU slope 0.01; tanh on the embedding and on the reconstructed input; the decoder's
+  fully connected layer uses leaky ReLU.
+- The first M-step trains on the one-hot k-means assignments (``init_targets="hard"``).
+- The authors weight the hidden-layer reconstruction terms by 0.1 and compute Q as
+  ``p^2 / sum_i p``: both are options here (``hidden_reconstruction_weight``,
+  ``target_form="squared"``); the defaults are the paper's eq. 12 and eq. 7.
+- Dropout: the paper's eq. 9 puts dropout on every layer of the noisy encoder; the default
+  drops the input and each convolution's output with rate 0.1 (not the embedding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxclust import cluster, losses, nn
+from jaxclust.engine import Algorithm, TrainConfig
+from jaxclust.errors import ConfigError
+from jaxclust.targets import depict_target
+
+
+@dataclasses.dataclass(frozen=True)
+class DepictConfig(TrainConfig):
+  """DEPICT's settings; defaults are the paper's (section 4.1 and Table 5, MNIST column)."""
+
+  conv_features: tuple[int, ...] = (50, 50)
+  kernel_sizes: tuple[int, ...] = (4, 5)
+  strides: tuple[int, ...] = (2, 2)
+  paddings: tuple[int, ...] = (0, 2)
+  dropout_rates: tuple[float, ...] = (0.1, 0.1, 0.1)  # input, then each conv layer
+  negative_slope: float = 0.01
+  reconstruction_weight: float = 1.0
+  hidden_reconstruction_weight: float = 1.0  # paper eq. 12: 1; the authors' code: 0.1
+  clustering_weight: float = 1.0
+  prior: tuple[float, ...] | None = None  # cluster-frequency prior u; None = uniform
+  target_form: str = "paper"  # "paper" (eq. 7) or "squared" (the authors' code)
+  init_targets: str = "hard"  # first M-step on one-hot k-means labels, or "soft" (eq. 7)
+  kmeans_n_init: int = 10
+
+  def validate(self, n_samples: int) -> None:
+    super().validate(n_samples)
+    n_layers = len(self.conv_features)
+    for name in ("kernel_sizes", "strides", "paddings"):
+      if len(getattr(self, name)) != n_layers:
+        raise ConfigError(f"{name} needs {n_layers} entries (one per conv layer); got {getattr(self, name)}")
+    if len(self.dropout_rates) != n_layers + 1:
+      raise ConfigError(f"dropout_rates needs {n_layers + 1} entries (input and each conv layer)")
+    if any(not 0 <= r < 1 for r in self.dropout_rates):
+      raise ConfigError(f"dropout rates must be in [0, 1); got {self.dropout_rates}")
+    if self.prior is not None and (len(self.prior) != self.n_clusters or min(self.prior) <= 0):
+      raise ConfigError(f"prior must have n_clusters={self.n_clusters} positive entries; got {self.prior}")
+    if self.target_form not in ("paper", "squared"):
+      raise ConfigError(f"target_form must be 'paper' or 'squared'; got {self.target_form!r}")
+    if self.init_targets not in ("hard", "soft"):
+      raise ConfigError(f"init_targets must be 'hard' or 'soft'; got {self.init_targets!r}")
+
+
+# Table 5 of the paper: conv kernel sizes, strides and paddings/crops per dataset; the
+# embedding dimension equals the number of clusters. Fashion-MNIST uses MNIST's settings.
+_MNIST = dict(kernel_sizes=(4, 5), strides=(2, 2), paddings=(0, 2), n_clusters=10)
+DATASET_SETTINGS: dict[str, dict] = {
+    "mnist": _MNIST,
+    "mnist-test": _MNIST,
+    "fashion-mnist": _MNIST,
+    "fashion-mnist-test": _MNIST,
+    "usps": _MNIST,
+    "frgc": dict(kernel_sizes=(4, 5), strides=(2, 2), paddings=(2, 2), n_clusters=20),
+    "ytf": dict(kernel_sizes=(5, 4), strides=(2, 2), paddings=(2, 0), n_clusters=41),
+    "cmu-pie": dict(kernel_sizes=(4, 5), strides=(2, 2), paddings=(2, 2), n_clusters=68),
+    # 8x8 digits: 8 -> 4 -> 4, a second conv of stride 1 keeps the map from vanishing.
+    "digits": dict(kernel_sizes=(4, 3), strides=(2, 1), paddings=(1, 1), n_clusters=10,
+                   warmup_epochs=150, batch_size=50),
+}
+
+
+def dataset_settings(dataset: str, image_shape: tuple[int, int, int]) -> dict:
+  """Per-dataset defaults (Table 5); other datasets get MNIST's layers, or the digits ones
+  for images smaller than 16 pixels."""
+  if dataset in DATASET_SETTINGS:
+    return dict(DATASET_SETTINGS[dataset])
+  small = min(image_shape[:2]) < 16
+  settings = DATASET_SETTINGS["digits"] if small else _MNIST
+  return {k: v for k, v in settings.items() if k in ("kernel_sizes", "strides", "paddings")}
+
+
+class Depict(Algorithm):
+  """DEPICT under the engine's contract."""
+
+  Config = DepictConfig
+
+  def __init__(self, config: DepictConfig, image_shape: tuple[int, int, int]):
+    self.config = config
+    convs = [
+        nn.ConvSpec(f, k, s, p)
+        for f, k, s, p in zip(config.conv_features, config.kernel_sizes, config.strides, config.paddings)
+    ]
+    try:
+      nn.encoder_shapes(image_shape, convs)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    self.model = nn.ConvAutoencoder(
+        tuple(image_shape), tuple(convs), config.n_clusters, tuple(config.dropout_rates), config.negative_slope
+    )
+    hidden = config.hidden_reconstruction_weight
+    self.layer_weights = [1.0] + [hidden] * len(convs)
+
+  def init(self, rng, example_x):
+    return self.model.init(rng, example_x)["params"]
+
+  def _apply(self, params, x, method, **kw):
+    return self.model.apply({"params": params}, x, method=method, **kw)
+
+  def _reconstruction(self, params, batch, rng):
+    """Noisy encoder -> decoder against the clean encoder (eq. 12, second term)."""
+    x, w = batch["x"], batch["weights"]
+    noisy = self._apply(params, x, nn.ConvAutoencoder.encode, train=True, rngs={"dropout": rng})
+    reconstructed = self._apply(params, noisy[-1], nn.ConvAutoencoder.decode)
+    clean = self._apply(params, x, nn.ConvAutoencoder.encode, train=False)
+    total, per_layer = losses.layerwise_reconstruction(clean[:-1], reconstructed, w, self.layer_weights)
+    return noisy[-1], total, per_layer
+
+  def warmup_loss(self, params, batch, rng):
+    _, total, per_layer = self._reconstruction(params, batch, rng)
+    return total, {f"rec{l}": v for l, v in enumerate(per_layer)}
+
+  def embed(self, params, x):
+    return self._apply(params, x, nn.ConvAutoencoder.encode, train=False)[-1]
+
+  def init_clusters(self, params, features, rng):
+    """k-means on the embedding; softmax weights from the normalised centroids."""
+    result = cluster.kmeans(rng, jnp.asarray(features), self.config.n_clusters, n_init=self.config.kmeans_n_init)
+    centroids = result.centroids / jnp.maximum(jnp.linalg.norm(result.centroids, axis=1, keepdims=True), 1e-12)
+    head = {"kernel": centroids.T.astype(jnp.float32), "bias": jnp.zeros((self.config.n_clusters,), jnp.float32)}
+    params = {**params, "head": head}
+    if self.config.init_targets == "hard":
+      targets = jax.nn.one_hot(result.labels, self.config.n_clusters, dtype=jnp.float32)
+    else:
+      targets = self.e_step(jax.nn.softmax(jnp.asarray(features) @ head["kernel"], axis=-1))
+    return params, targets
+
+  def predict(self, params, x):
+    return jax.nn.softmax(self._apply(params, self.embed(params, x), nn.ConvAutoencoder.logits), axis=-1)
+
+  def e_step(self, soft_assignments):
+    prior = None if self.config.prior is None else np.asarray(self.config.prior, np.float32)
+    return depict_target(soft_assignments, prior, form=self.config.target_form)
+
+  def m_step_loss(self, params, batch, targets, rng):
+    """Eq. 12: noisy-pathway cross-entropy against Q plus the layer-wise reconstruction."""
+    noisy_embedding, reconstruction, per_layer = self._reconstruction(params, batch, rng)
+    logits = self._apply(params, noisy_embedding, nn.ConvAutoencoder.logits)
+    clustering = losses.soft_cross_entropy(logits, targets, batch["weights"])
+    cfg = self.config
+    loss = cfg.clustering_weight * clustering + cfg.reconstruction_weight * reconstruction
+    return loss, {"clustering": clustering, **{f"rec{l}": v for l, v in enumerate(per_layer)}}
+
+
+Config = DepictConfig
+ALGORITHM = Depict

@@ -1,0 +1,68 @@
+"""Checkpoints behind a small interface (Orbax ``CheckpointManager`` underneath).
+
+A checkpoint is one pytree of arrays per step. Orbax writes a step into a temporary
+directory and renames it when complete, so a step whose writer died is never listed, and
+saves are asynchronous: :meth:`Checkpointer.close` waits for them and must run on every exit
+path (the class is a context manager).
+"""
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxclust.errors import CheckpointError
+
+
+class Checkpointer:
+  """Saves and restores the training state of one workdir."""
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except OSError as e:
+      raise CheckpointError(f"cannot create checkpoints in {self.directory}: {e.strerror or e}") from e
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts saving ``state`` as ``step``; returns before the write finishes."""
+    self._manager.save(step, args=ocp.args.StandardSave(state))
+
+  def restore(self, step: int, like: Any) -> Any:
+    """Restores ``step`` into the structure, shapes and dtypes of ``like``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types for unreadable or mismatched files
+      path = self.directory / str(step)
+      raise CheckpointError(
+          f"checkpoint {path} cannot be read ({type(e).__name__}); start over with --restart"
+      ) from e
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+  """Writes ``value`` as JSON atomically (write then rename), so a crash never leaves half a file."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)

@@ -1,0 +1,532 @@
+"""The one training loop every algorithm runs on.
+
+An algorithm is configuration plus pure functions (see :class:`Algorithm`); this module owns
+batching, jit, the warm-up phase, the EM rounds, the stopping rule, checkpoints, logging and
+progress. Algorithm 1 of DEPICT is the shape of the loop:
+
+  warm-up (reconstruction only)          ``warmup_loss`` for ``warmup_epochs`` epochs
+  initialise clusters                    ``embed`` over the dataset, ``init_clusters``
+  repeat for round r = 1, 2, ...:
+    M-step                               ``m_step_loss`` for ``epochs_per_round`` epochs
+    E-step                               ``predict`` over the dataset, ``e_step``
+  until the fraction of changed assignments < ``tol`` or r = ``max_rounds``
+
+Performance: the dataset lives on the device; every minibatch has the same shape (the last
+one is padded and its padding rows get weight 0), so each step function compiles once; the
+train state is donated; whole-dataset passes run in fixed-size jitted chunks.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxclust import metrics as metrics_lib
+from jaxclust.checkpoint import Checkpointer
+from jaxclust.errors import CheckpointError, ConfigError, TrainingError
+
+PyTree = Any
+WARMUP, CLUSTERING = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Settings of the engine shared by every algorithm (algorithm configs extend it)."""
+
+  n_clusters: int = 10
+  seed: int = 0
+  batch_size: int = 100
+  eval_batch_size: int = 1000
+  learning_rate: float = 1e-4
+  warmup_learning_rate: float | None = None  # None: same as learning_rate
+  warmup_epochs: int = 50
+  max_rounds: int = 100
+  epochs_per_round: int = 1
+  # Before the first E-step, fit the model to the initial clustering's targets for up to
+  # init_epochs epochs, stopping once its agreement (NMI) with the initial assignments has not
+  # improved for init_patience epochs; the best epoch's parameters are kept (DEPICT authors' code).
+  init_epochs: int = 0
+  init_patience: int = 5
+  tol: float = 0.001  # stop when fewer than this fraction of assignments change in a round
+  n_labeled: int = 0  # semi-supervised: this many labelled samples keep fixed targets
+  epoch_mode: str = "auto"  # "loop" (one jitted step per minibatch), "scan", or "auto"
+
+  def validate(self, n_samples: int) -> None:
+    if not 2 <= self.n_clusters <= n_samples:
+      raise ConfigError(
+          f"n_clusters must be between 2 and the number of samples ({n_samples}); got {self.n_clusters}"
+      )
+    for name in ("batch_size", "eval_batch_size", "epochs_per_round"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
+    for name in ("warmup_epochs", "max_rounds", "n_labeled", "init_epochs", "init_patience"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"{name} must not be negative; got {getattr(self, name)}")
+    if self.learning_rate <= 0:
+      raise ConfigError(f"learning_rate must be positive; got {self.learning_rate}")
+    if not 0 <= self.tol < 1:
+      raise ConfigError(f"tol must be in [0, 1); got {self.tol}")
+    if self.epoch_mode not in ("auto", "loop", "scan"):
+      raise ConfigError(f"epoch_mode must be 'auto', 'loop' or 'scan'; got {self.epoch_mode!r}")
+    if self.n_labeled > n_samples:
+      raise ConfigError(f"n_labeled ({self.n_labeled}) exceeds the number of samples ({n_samples})")
+
+
+class Algorithm(abc.ABC):
+  """The contract an algorithm fulfils; all methods but ``init_clusters`` are traced by jit.
+
+  ``batch`` arguments are dicts with ``x`` (``[B, ...]`` inputs), ``weights`` (``[B]``, 0 for
+  padding rows) and ``index`` (``[B]`` positions in the dataset).
+  """
+
+  config: TrainConfig
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, example_x: jax.Array) -> PyTree:
+    """Initial parameters."""
+
+  def warmup_loss(self, params: PyTree, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Loss of the phase before clusters exist; ``(loss, {term: value})``."""
+    raise NotImplementedError
+
+  @abc.abstractmethod
+  def embed(self, params: PyTree, x: jax.Array) -> jax.Array:
+    """Clean features ``[B, D]`` that the initial clustering runs on."""
+
+  @abc.abstractmethod
+  def init_clusters(
+      self, params: PyTree, features: np.ndarray, rng: jax.Array
+  ) -> tuple[PyTree, jax.Array]:
+    """Initial clustering of the whole dataset's features ``[N, D]``.
+
+    Returns ``(params, targets)``: parameters with the clustering layer set, and the targets
+    ``[N, K]`` of the first M-step.
+    """
+
+  @abc.abstractmethod
+  def predict(self, params: PyTree, x: jax.Array) -> jax.Array:
+    """Soft assignments ``[B, K]`` of the clean model."""
+
+  @abc.abstractmethod
+  def e_step(self, soft_assignments: jax.Array) -> jax.Array:
+    """Targets ``[N, K]`` from the whole dataset's soft assignments ``[N, K]``."""
+
+  @abc.abstractmethod
+  def m_step_loss(
+      self, params: PyTree, batch: dict, targets: jax.Array, rng: jax.Array
+  ) -> tuple[jax.Array, dict]:
+    """Loss of one minibatch given its targets ``[B, K]``; ``(loss, {term: value})``."""
+
+
+@dataclasses.dataclass
+class FitResult:
+  """What a finished run returns."""
+
+  assignments: np.ndarray  # [N] int32
+  soft_assignments: np.ndarray  # [N, K] float32
+  targets: np.ndarray  # [N, K] float32, the last E-step's targets
+  params: PyTree
+  rounds: int
+  converged: bool
+  history: list[dict]
+  seconds: float
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class RunLogger:
+  """Writes one JSON line per epoch/round to ``metrics.jsonl`` and a summary line to stderr."""
+
+  def __init__(self, workdir: pathlib.Path | None, *, verbosity: int = 1):
+    self.path = None if workdir is None else workdir / "metrics.jsonl"
+    self.verbosity = verbosity
+    self.history: list[dict] = []
+
+  def log(self, record: dict) -> None:
+    record = {k: _to_python(v) for k, v in record.items()}
+    self.history.append(record)
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if self.verbosity >= 1 and (record["phase"] != "warmup" or self.verbosity >= 2 or record.get("last")):
+      shown = {k: v for k, v in record.items() if k not in ("phase", "last")}
+      text = "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+      print(f"[{record['phase']}] {text}", file=sys.stderr, flush=True)
+
+  def progress(self, total: int, desc: str):
+    return tqdm(total=total, desc=desc, leave=False, disable=self.verbosity < 1, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _to_python(value):
+  if isinstance(value, (np.generic, jax.Array)):
+    return np.asarray(value).item()
+  return value
+
+
+def _fmt(value) -> str:
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Engine:
+  """Runs an :class:`Algorithm` on one dataset.
+
+  Args:
+    algorithm: the algorithm (its ``config`` is a :class:`TrainConfig`).
+    x: the dataset, ``[N, ...]`` float32.
+    labels: optional ``[N]`` class labels; used only for metrics, and for the targets of the
+      ``config.n_labeled`` labelled samples in semi-supervised mode.
+    workdir: where checkpoints and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
+    verbosity: 0 silent, 1 one line per round and progress bars, 2 also per warm-up epoch.
+  """
+
+  def __init__(self, algorithm: Algorithm, x: np.ndarray, labels: np.ndarray | None = None, *,
+               workdir: str | pathlib.Path | None = None, verbosity: int = 1):
+    self.algo = algorithm
+    self.config: TrainConfig = algorithm.config
+    self.n = int(x.shape[0])
+    self.config.validate(self.n)
+    self.labels = None if labels is None else np.asarray(labels)
+    if self.config.n_labeled and self.labels is None:
+      raise ConfigError("n_labeled > 0 needs a dataset with labels")
+    self.workdir = None if workdir is None else pathlib.Path(workdir)
+    self.logger = RunLogger(self.workdir, verbosity=verbosity)
+    self.trace_counts: dict[str, int] = {}
+
+    cfg = self.config
+    self.batch_size = min(cfg.batch_size, self.n)
+    self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+    self.eval_chunk = min(cfg.eval_batch_size, self.n)
+    self.n_chunks = math.ceil(self.n / self.eval_chunk)
+    # Padded once so every evaluation chunk has the same shape.
+    pad = self.n_chunks * self.eval_chunk - self.n
+    x = np.asarray(x, np.float32)
+    self.x = jax.device_put(np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]))
+    self.epoch_mode = cfg.epoch_mode
+    if self.epoch_mode == "auto":
+      # Measured (BENCHMARKS.md): XLA:CPU runs convolutions inside scan bodies several times
+      # slower than the same step dispatched from Python; on GPU the scan avoids launch overhead.
+      self.epoch_mode = "loop" if jax.default_backend() == "cpu" else "scan"
+
+    self.base_key = jax.random.key(cfg.seed)
+    self._build_functions()
+
+  # -- keys and permutations: every random choice is a function of (seed, phase, counter),
+  #    so a resumed run draws exactly what an uninterrupted one does.
+
+  def _key(self, *path: int) -> jax.Array:
+    key = self.base_key
+    for p in path:
+      key = jax.random.fold_in(key, p)
+    return key
+
+  def _epoch_indices(self, phase: int, counter: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([self.config.seed, phase, counter, epoch])
+    order = rng.permutation(self.n)
+    total = self.steps_per_epoch * self.batch_size
+    index = np.zeros(total, np.int32)
+    index[: self.n] = order
+    weights = np.zeros(total, np.float32)
+    weights[: self.n] = 1.0
+    return index.reshape(self.steps_per_epoch, self.batch_size), weights.reshape(self.steps_per_epoch, self.batch_size)
+
+  # -- compiled functions
+
+  def _count_trace(self, name: str) -> None:
+    self.trace_counts[name] = self.trace_counts.get(name, 0) + 1
+
+  def _build_functions(self) -> None:
+    algo = self.algo
+
+    def make_step(loss_fn, optimizer, name):
+      def step(state, x_all, targets_all, index, weights, key):
+        self._count_trace(name)
+        batch = {"x": jnp.take(x_all, index, axis=0), "weights": weights, "index": index}
+        targets = jnp.take(targets_all, index, axis=0)
+
+        def objective(params):
+          loss, terms = loss_fn(params, batch, targets, key)
+          return loss, terms
+
+        (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state}, {"loss": loss, **terms}
+
+      return step
+
+    def warmup_loss(params, batch, targets, key):
+      del targets
+      return algo.warmup_loss(params, batch, key)
+
+    cfg = self.config
+    self.optimizers = {
+        WARMUP: optax.adam(cfg.warmup_learning_rate or cfg.learning_rate),
+        CLUSTERING: optax.adam(cfg.learning_rate),
+    }
+    steps = {
+        WARMUP: make_step(warmup_loss, self.optimizers[WARMUP], "warmup_step"),
+        CLUSTERING: make_step(algo.m_step_loss, self.optimizers[CLUSTERING], "m_step"),
+    }
+    self._steps = {p: jax.jit(s, donate_argnums=(0,)) for p, s in steps.items()}
+
+    def make_epoch(step, name):
+      def epoch(state, x_all, targets_all, index, weights, key):
+        self._count_trace(name)
+
+        def body(state, inputs):
+          s, idx, w = inputs
+          return step(state, x_all, targets_all, idx, w, jax.random.fold_in(key, s))
+
+        steps_range = jnp.arange(index.shape[0])
+        return jax.lax.scan(body, state, (steps_range, index, weights))
+
+      return epoch
+
+    self._epochs = {
+        p: jax.jit(make_epoch(s, f"{n}_epoch"), donate_argnums=(0,))
+        for (p, s), n in zip(steps.items(), ("warmup", "m_step"))
+    }
+
+    chunk = self.eval_chunk
+
+    def chunk_fn(fn, name):
+      def apply(params, x_all, start):
+        self._count_trace(name)
+        x = jax.lax.dynamic_slice_in_dim(x_all, start, chunk, axis=0)
+        return fn(params, x)
+
+      return jax.jit(apply)
+
+    self._embed_chunk = chunk_fn(algo.embed, "embed")
+    self._predict_chunk = chunk_fn(algo.predict, "predict")
+    self._e_step = jax.jit(algo.e_step)
+
+  def map_dataset(self, fn: Callable, params: PyTree) -> jax.Array:
+    """Applies a compiled chunk function over the whole dataset; ``[N, ...]`` on the device."""
+    outputs = [fn(params, self.x, np.int32(c * self.eval_chunk)) for c in range(self.n_chunks)]
+    return jnp.concatenate(outputs, axis=0)[: self.n]
+
+  def predict(self, params: PyTree) -> jax.Array:
+    """Soft assignments ``[N, K]`` of the whole dataset."""
+    return self.map_dataset(self._predict_chunk, params)
+
+  def embed(self, params: PyTree) -> jax.Array:
+    return self.map_dataset(self._embed_chunk, params)
+
+  def run_epoch(self, phase: int, state: dict, targets: jax.Array, counter: int, epoch: int,
+                desc: str) -> tuple[dict, dict]:
+    """One pass over the dataset; returns the new state and the mean of each loss term."""
+    index, weights = self._epoch_indices(phase, counter, epoch)
+    key = self._key(phase, counter, epoch)
+    if self.epoch_mode == "scan":
+      state, terms = self._epochs[phase](state, self.x, targets, index, weights, key)
+    else:
+      step = self._steps[phase]
+      index, weights = jax.device_put(index), jax.device_put(weights)
+      collected = []
+      with self.logger.progress(self.steps_per_epoch, desc) as bar:
+        for s in range(self.steps_per_epoch):
+          # Dispatch step s before looking at anything of step s-1: the device never waits.
+          state, step_terms = step(state, self.x, targets, index[s], weights[s], jax.random.fold_in(key, s))
+          collected.append(step_terms)
+          bar.update(1)
+      terms = jax.tree.map(lambda *v: jnp.stack(v), *collected)
+    # Steps weigh equally except the padded last one, which counts for its real rows.
+    step_weights = weights.sum(axis=1) / self.n
+    means = {k: float(jnp.sum(v * step_weights)) for k, v in terms.items()}
+    return state, means
+
+  # -- checkpoint state
+
+  def _state_template(self, params: PyTree, phase: int) -> dict:
+    k = self.config.n_clusters
+    return {
+        "params": params,
+        "opt_state": self.optimizers[phase].init(params),
+        "targets": jnp.zeros((self.n, k), jnp.float32),
+        "assignments": jnp.full((self.n,), -1, jnp.int32),
+        "phase": jnp.int32(phase),
+        "counter": jnp.int32(0),
+        "rng": jax.random.key_data(self.base_key),
+    }
+
+  def _checkpoint_step(self, phase: int, counter: int) -> int:
+    return counter if phase == WARMUP else self.config.warmup_epochs + 1 + counter
+
+  def _check_finite(self, terms: dict, where: str, checkpointer: Checkpointer | None) -> None:
+    for name, value in terms.items():
+      if not math.isfinite(value):
+        kept = ""
+        if checkpointer is not None and checkpointer.latest_step() is not None:
+          kept = f"; the last good checkpoint ({checkpointer.directory / str(checkpointer.latest_step())}) is kept"
+        raise TrainingError(f"the {name} loss became {value} in {where}{kept}")
+
+  def _scores(self, assignments: np.ndarray) -> dict:
+    if self.labels is None:
+      return {}
+    s = metrics_lib.clustering_scores(self.labels, assignments)
+    return {"acc": s["acc"], "nmi": s["nmi"], "ari": s["ari"]}
+
+  # -- the run
+
+  def fit(self) -> FitResult:
+    cfg = self.config
+    start = time.time()
+    checkpointer = None
+    if self.workdir is not None:
+      checkpointer = Checkpointer(self.workdir / "checkpoints")
+    try:
+      return self._fit(checkpointer, start)
+    finally:
+      if checkpointer is not None:
+        checkpointer.close()
+
+  def _fit(self, checkpointer: Checkpointer | None, start: float) -> FitResult:
+    cfg = self.config
+    params = self.algo.init(self._key(99, 0), self.x[: self.batch_size])
+    state = self._state_template(params, WARMUP)
+    resumed_step = None if checkpointer is None else checkpointer.latest_step()
+    if resumed_step is not None:
+      phase = WARMUP if resumed_step <= cfg.warmup_epochs else CLUSTERING
+      state = checkpointer.restore(resumed_step, self._state_template(params, phase))
+      print(f"resuming from checkpoint step {resumed_step} in {checkpointer.directory}", file=sys.stderr)
+
+    def save(phase, counter, state):
+      if checkpointer is not None:
+        state = {**state, "phase": jnp.int32(phase), "counter": jnp.int32(counter)}
+        checkpointer.save(self._checkpoint_step(phase, counter), state)
+
+    train_state = {"params": state["params"], "opt_state": state["opt_state"]}
+    phase, counter = int(state["phase"]), int(state["counter"])
+
+    # Warm-up: reconstruction only.
+    if phase == WARMUP:
+      for epoch in range(counter + 1, cfg.warmup_epochs + 1):
+        t0 = time.time()
+        train_state, terms = self.run_epoch(WARMUP, train_state, state["targets"], epoch, 0,
+                                            f"warm-up {epoch}/{cfg.warmup_epochs}")
+        self._check_finite(terms, f"warm-up epoch {epoch}", checkpointer)
+        save(WARMUP, epoch, {**state, **train_state})
+        self.logger.log({"phase": "warmup", "epoch": epoch, **terms, "seconds": time.time() - t0,
+                         "last": epoch == cfg.warmup_epochs})
+
+      # Initial clusters (Algorithm 1, line 1).
+      t0 = time.time()
+      features = np.asarray(self.embed(train_state["params"]))
+      params, targets = self.algo.init_clusters(train_state["params"], features, self._key(99, 1))
+      targets = self._fix_labeled(targets, None)
+      assignments = jnp.argmax(targets, axis=-1).astype(jnp.int32)
+      train_state = {"params": params, "opt_state": self.optimizers[CLUSTERING].init(params)}
+      self.logger.log({"phase": "init", "round": 0, **self._scores(np.asarray(assignments)),
+                       "seconds": time.time() - t0})
+      if cfg.init_epochs:
+        train_state = self._fit_initial_targets(train_state, targets, assignments, checkpointer)
+      state = {**state, "targets": targets, "assignments": assignments}
+      save(CLUSTERING, 0, {**state, **train_state})
+      counter = 0
+
+    targets, assignments = state["targets"], state["assignments"]
+    if cfg.n_labeled and not hasattr(self, "_fixed_rows"):  # resumed after the initial clustering
+      subset = self._labeled_subset()
+      self._fixed_rows = jnp.asarray(subset)
+      self._fixed_targets = jnp.take(targets, self._fixed_rows, axis=0)
+    converged = False
+    rounds_done = counter
+    for rnd in range(counter + 1, cfg.max_rounds + 1):
+      t0 = time.time()
+      totals: dict[str, float] = {}
+      for epoch in range(cfg.epochs_per_round):
+        train_state, terms = self.run_epoch(CLUSTERING, train_state, targets, rnd, epoch,
+                                            f"round {rnd} epoch {epoch + 1}/{cfg.epochs_per_round}")
+        self._check_finite(terms, f"round {rnd}", checkpointer)
+        for k, v in terms.items():
+          totals[k] = totals.get(k, 0.0) + v / cfg.epochs_per_round
+      # E-step (Algorithm 1, lines 4-5) on the clean pathway.
+      soft = self.predict(train_state["params"])
+      new_assignments = jnp.argmax(soft, axis=-1).astype(jnp.int32)
+      changed = float(jnp.mean(new_assignments != assignments))
+      targets = self._fix_labeled(self._e_step(soft), soft)
+      assignments = new_assignments
+      state = {**state, "targets": targets, "assignments": assignments}
+      save(CLUSTERING, rnd, {**state, **train_state})
+      rounds_done = rnd
+      self.logger.log({"phase": "round", "round": rnd, **totals, "changed": changed,
+                       **self._scores(np.asarray(assignments)), "seconds": time.time() - t0})
+      if changed < cfg.tol:
+        converged = True
+        break
+
+    soft = self.predict(train_state["params"])
+    return FitResult(
+        assignments=np.asarray(jnp.argmax(soft, axis=-1), np.int32),
+        soft_assignments=np.asarray(soft, np.float32),
+        targets=np.asarray(targets, np.float32),
+        params=train_state["params"],
+        rounds=rounds_done,
+        converged=converged,
+        history=self.logger.history,
+        seconds=time.time() - start,
+    )
+
+  def _fit_initial_targets(self, train_state, targets, assignments, checkpointer):
+    """M-step epochs on the initial targets until the predictions stop agreeing better with
+    the initial assignments (``init_epochs``, ``init_patience``)."""
+    cfg = self.config
+    initial = np.asarray(assignments)
+    best, best_params, since_best = -1.0, None, 0
+    for epoch in range(cfg.init_epochs):
+      t0 = time.time()
+      train_state, terms = self.run_epoch(CLUSTERING, train_state, targets, 0, epoch,
+                                          f"fit initial clusters {epoch + 1}/{cfg.init_epochs}")
+      self._check_finite(terms, f"the fit to the initial clusters (epoch {epoch + 1})", checkpointer)
+      predicted = np.asarray(jnp.argmax(self.predict(train_state["params"]), axis=-1))
+      agreement = metrics_lib.nmi(initial, predicted)
+      self.logger.log({"phase": "init-fit", "epoch": epoch + 1, **terms, "agreement": agreement,
+                       **self._scores(predicted), "seconds": time.time() - t0})
+      if agreement > best:
+        best, since_best = agreement, 0
+        best_params = jax.tree.map(jnp.copy, train_state["params"])
+      else:
+        since_best += 1
+        if since_best >= cfg.init_patience:
+          break
+    return {"params": best_params, "opt_state": self.optimizers[CLUSTERING].init(best_params)}
+
+  # -- semi-supervised mode (DEPICT section 4.4)
+
+  def _labeled_subset(self) -> np.ndarray:
+    rng = np.random.default_rng([self.config.seed, 7])
+    return np.sort(rng.choice(self.n, self.config.n_labeled, replace=False))
+
+  def _fix_labeled(self, targets: jax.Array, soft: jax.Array | None) -> jax.Array:
+    """Overwrites the targets of the labelled subset with the one-hot best-map cluster of
+    their class, decided once from the initial clustering."""
+    if not self.config.n_labeled:
+      return targets
+    if soft is None:  # the initial clustering: decide the class -> cluster map now
+      subset = self._labeled_subset()
+      initial = np.asarray(jnp.argmax(targets, axis=-1))
+      cluster_of_class = {c: k for k, c in metrics_lib.cluster_mapping(self.labels[subset], initial[subset]).items()}
+      clusters = np.array([cluster_of_class.get(c, -1) for c in self.labels[subset]])
+      known = clusters >= 0
+      self._fixed_rows = jnp.asarray(subset[known])
+      self._fixed_targets = jax.nn.one_hot(clusters[known], self.config.n_clusters, dtype=jnp.float32)
+    return targets.at[self._fixed_rows].set(self._fixed_targets)

@@ -1,0 +1,187 @@
+"""The engine running DEPICT end to end on tiny data: invariants, compile-once, resume."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxclust import data, metrics
+from jaxclust.algos import depict
+from jaxclust.engine import Engine
+from jaxclust.errors import ConfigError, TrainingError
+from jaxclust.targets import depict_target
+from tests.helpers import TINY, pattern_images
+
+
+def make_engine(workdir=None, labels=True, **overrides):
+  x, y = pattern_images()
+  x = data.scale_to_unit_range(x[..., None])
+  config = depict.DepictConfig(**{**TINY, "n_clusters": 4, **overrides})
+  return Engine(depict.Depict(config, x.shape[1:]), x, y if labels else None, workdir=workdir, verbosity=0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+  engine = make_engine()
+  return engine, engine.fit()
+
+
+def test_outputs_are_distributions_and_assignments(fitted):
+  engine, result = fitted
+  n = engine.n
+  assert result.assignments.shape == (n,) and result.assignments.dtype == np.int32
+  assert result.soft_assignments.shape == (n, 4)
+  np.testing.assert_allclose(result.soft_assignments.sum(axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(result.assignments, result.soft_assignments.argmax(axis=1))
+  np.testing.assert_allclose(result.targets.sum(axis=1), 1.0, rtol=1e-5)
+  assert np.all(result.targets >= 0)
+
+
+def test_targets_are_eq7_of_the_clean_predictions(fitted):
+  engine, result = fitted
+  # The last E-step ran on the same parameters the final predictions come from.
+  expected = np.asarray(depict_target(result.soft_assignments))
+  np.testing.assert_allclose(result.targets, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_each_step_function_compiles_once(fitted):
+  engine, result = fitted
+  assert result.rounds == TINY["max_rounds"]
+  for name in ("warmup_step", "m_step", "predict", "embed"):
+    assert engine.trace_counts[name] == 1, engine.trace_counts
+
+
+def test_history_has_one_record_per_round_with_scores(fitted):
+  engine, result = fitted
+  rounds = [r for r in result.history if r["phase"] == "round"]
+  assert [r["round"] for r in rounds] == list(range(1, TINY["max_rounds"] + 1))
+  for r in rounds:
+    assert {"loss", "clustering", "rec0", "changed", "acc", "nmi", "ari", "seconds"} <= set(r)
+    assert 0.0 <= r["changed"] <= 1.0
+  warmups = [r for r in result.history if r["phase"] == "warmup"]
+  assert len(warmups) == TINY["warmup_epochs"]
+
+
+def test_learns_the_patterns():
+  engine = make_engine(max_rounds=5)
+  result = engine.fit()
+  assert metrics.acc(engine.labels, result.assignments) > 0.9
+
+
+def test_same_seed_same_assignments_and_other_seed_runs(fitted):
+  _, result = fitted
+  again = make_engine().fit()
+  np.testing.assert_array_equal(again.assignments, result.assignments)
+  np.testing.assert_array_equal(again.soft_assignments, result.soft_assignments)
+
+
+def test_scan_epochs_match_loop_epochs():
+  loop = make_engine(epoch_mode="loop", max_rounds=1).fit()
+  scan = make_engine(epoch_mode="scan", max_rounds=1).fit()
+  np.testing.assert_allclose(scan.soft_assignments, loop.soft_assignments, atol=2e-4)
+
+
+def test_stops_when_assignments_settle():
+  engine = make_engine(max_rounds=30, tol=0.05)
+  result = engine.fit()
+  changes = [r["changed"] for r in result.history if r["phase"] == "round"]
+  assert result.converged and changes[-1] < 0.05
+  assert all(c >= 0.05 for c in changes[:-1])
+
+
+def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, monkeypatch):
+  _, uninterrupted = fitted
+  calls = {"n": 0}
+  original = Engine.run_epoch
+
+  def interrupted(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 6:  # warm-up 2 + initial fit 2 + round 1, then die in round 2
+      raise KeyboardInterrupt
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(Engine, "run_epoch", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    make_engine(workdir=tmp_path).fit()
+  monkeypatch.setattr(Engine, "run_epoch", original)
+  resumed_engine = make_engine(workdir=tmp_path)
+  resumed = resumed_engine.fit()
+  np.testing.assert_array_equal(resumed.assignments, uninterrupted.assignments)
+  np.testing.assert_array_equal(resumed.soft_assignments, uninterrupted.soft_assignments)
+  # The resumed process ran only what was missing: round 2 and 3.
+  phases = [(r["phase"], r.get("round")) for r in resumed.history]
+  assert phases == [("round", 2), ("round", 3)]
+
+
+def test_resume_in_the_warmup(tmp_path, fitted, monkeypatch):
+  _, uninterrupted = fitted
+  original = Engine.run_epoch
+  calls = {"n": 0}
+
+  def interrupted(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 2:
+      raise KeyboardInterrupt
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(Engine, "run_epoch", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    make_engine(workdir=tmp_path).fit()
+  monkeypatch.setattr(Engine, "run_epoch", original)
+  resumed = make_engine(workdir=tmp_path).fit()
+  np.testing.assert_array_equal(resumed.assignments, uninterrupted.assignments)
+
+
+def test_metrics_jsonl_written(tmp_path):
+  make_engine(workdir=tmp_path, max_rounds=2).fit()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in records if r["phase"] == "round"] == [1, 2]
+
+
+def test_nan_loss_stops_with_the_round_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+  original = depict.Depict.m_step_loss
+
+  def poisoned(self, params, batch, targets, rng):
+    loss, terms = original(self, params, batch, targets, rng)
+    return loss * jnp.nan, {**terms, "clustering": terms["clustering"] * jnp.nan}
+
+  monkeypatch.setattr(depict.Depict, "m_step_loss", poisoned)
+  engine = make_engine(workdir=tmp_path, init_epochs=0)
+  with pytest.raises(TrainingError, match=r"loss became nan in round 1.*checkpoint"):
+    engine.fit()
+  kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  # The warm-up epochs and the initial clustering (step warmup_epochs + 1) are kept.
+  assert str(TINY["warmup_epochs"] + 1) in kept
+
+
+def test_semi_supervised_targets_are_fixed_to_the_best_map_cluster():
+  engine = make_engine(n_labeled=20, max_rounds=2)
+  result = engine.fit()
+  rows = np.asarray(engine._fixed_rows)
+  assert len(rows) == 20
+  fixed = result.targets[rows]
+  np.testing.assert_array_equal(fixed.max(axis=1), 1.0)  # one-hot
+  # Same class -> same cluster, different classes -> different clusters.
+  classes = engine.labels[rows]
+  clusters = fixed.argmax(axis=1)
+  for c in np.unique(classes):
+    assert len(set(clusters[classes == c])) == 1
+  assert len(set(clusters)) == len(np.unique(classes))
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"n_clusters": 1}, "n_clusters must be between 2"),
+        ({"n_clusters": 1000}, "n_clusters must be between 2"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"prior": (1.0, 2.0)}, "prior must have n_clusters"),
+        ({"target_form": "cubed"}, "target_form"),
+        ({"n_labeled": 5}, "needs a dataset with labels"),
+    ],
+)
+def test_bad_configs(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    make_engine(labels="n_labeled" not in overrides, **overrides)
