@@ -1,0 +1,142 @@
+"""bin/train end to end: outputs, resume, and one clear line for each bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxclust import cli, metrics
+from tests.helpers import TINY, pattern_images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v!r}")]
+
+
+@pytest.fixture(scope="module")
+def npz_dataset(tmp_path_factory):
+  x, y = pattern_images()
+  path = tmp_path_factory.mktemp("data") / "patterns.npz"
+  np.savez(path, x=(x * 255).astype(np.uint8), y=y)
+  return path, y
+
+
+def run_cli(*args):
+  """Runs main() in-process; returns (exit code, stderr lines)."""
+  return cli.main([*args])
+
+
+@pytest.fixture(scope="module")
+def finished_run(npz_dataset, tmp_path_factory):
+  path, y = npz_dataset
+  workdir = tmp_path_factory.mktemp("run")
+  assert run_cli("--algo", "depict", "--dataset", f"npz:{path}", "--workdir", str(workdir), "--quiet",
+                 *TINY_ARGS) == 0
+  return workdir, y
+
+
+def test_outputs(finished_run):
+  workdir, y = finished_run
+  assignments = np.load(workdir / "assignments.npy")
+  assert assignments.shape == y.shape and np.issubdtype(assignments.dtype, np.integer)
+  assert set(np.unique(assignments)) <= set(range(4))
+  rows = (workdir / "assignments.csv").read_text().splitlines()
+  assert rows[0] == "index,cluster,label"
+  np.testing.assert_array_equal([int(r.split(",")[1]) for r in rows[1:]], assignments)
+  soft = np.load(workdir / "soft_assignments.npy")
+  np.testing.assert_array_equal(soft.argmax(axis=1), assignments)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["n"] == len(y) and summary["n_clusters"] == 4 and summary["seconds"] > 0
+  assert summary["acc"] == pytest.approx(metrics.acc(y, assignments))
+  assert summary["nmi"] == pytest.approx(metrics.nmi(y, assignments))
+  assert summary["ari"] == pytest.approx(metrics.ari(y, assignments))
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["algo"] == "depict" and config["warmup_epochs"] == TINY["warmup_epochs"]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in records if r["phase"] == "round"] == list(range(1, TINY["max_rounds"] + 1))
+
+
+def test_rerun_resumes_and_keeps_the_assignments(finished_run, npz_dataset):
+  workdir, _ = finished_run
+  path, _ = npz_dataset
+  before = np.load(workdir / "assignments.npy")
+  # max_rounds may grow between a run and its resumption; the finished rounds are not redone.
+  args = [a if a != f"max_rounds={TINY['max_rounds']!r}" else "max_rounds=4" for a in TINY_ARGS]
+  assert run_cli("--dataset", f"npz:{path}", "--workdir", str(workdir), "--quiet", *args) == 0
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in records if r["phase"] == "round"] == [1, 2, 3, 4]
+  assert np.load(workdir / "assignments.npy").shape == before.shape
+
+
+def expect_error(capsys, args, pattern):
+  code = run_cli(*args)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert err[-1].startswith("error: ") and pattern in err[-1], err
+  return err[-1]
+
+
+def test_unknown_algorithm(capsys):
+  expect_error(capsys, ["--algo", "nope"], "unknown algorithm 'nope'")
+
+
+def test_unknown_dataset(capsys, tmp_path):
+  expect_error(capsys, ["--dataset", "imagenet", "--workdir", str(tmp_path)], "imagenet")
+
+
+def test_missing_files(capsys, tmp_path):
+  expect_error(capsys, ["--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--workdir", str(tmp_path)],
+               "train-images-idx3-ubyte")
+
+
+def test_nan_in_data(capsys, tmp_path):
+  x, y = pattern_images()
+  x[3, 2, 2] = np.nan
+  np.savez(tmp_path / "bad.npz", x=x, y=y)
+  expect_error(capsys, ["--dataset", f"npz:{tmp_path / 'bad.npz'}", "--workdir", str(tmp_path / "w")], "NaN")
+
+
+def test_wrong_shape(capsys, tmp_path):
+  np.savez(tmp_path / "flat.npz", x=np.zeros((10, 64), np.float32))
+  expect_error(capsys, ["--dataset", f"npz:{tmp_path / 'flat.npz'}", "--workdir", str(tmp_path / "w")], "shape")
+
+
+@pytest.mark.parametrize("k", ["1", "100000"])
+def test_bad_n_clusters(capsys, tmp_path, npz_dataset, k):
+  path, _ = npz_dataset
+  expect_error(capsys, ["--dataset", f"npz:{path}", "--n-clusters", k, "--workdir", str(tmp_path)],
+               "n_clusters must be between 2 and the number of samples (100)")
+
+
+def test_unknown_config_key(capsys, tmp_path):
+  expect_error(capsys, ["--set", "warmup=3", "--workdir", str(tmp_path)], "unknown config key 'warmup'")
+
+
+def test_bad_config_value(capsys, tmp_path):
+  expect_error(capsys, ["--set", "warmup_epochs=many", "--workdir", str(tmp_path)], "warmup_epochs expects")
+
+
+def test_unwritable_workdir(capsys, tmp_path, npz_dataset):
+  path, _ = npz_dataset
+  blocker = tmp_path / "a-file"
+  blocker.write_text("")
+  expect_error(capsys, ["--dataset", f"npz:{path}", "--workdir", str(blocker / "sub")], "is not writable")
+
+
+def test_workdir_of_another_config(capsys, finished_run, npz_dataset):
+  workdir, _ = finished_run
+  path, _ = npz_dataset
+  config_before = (workdir / "config.json").read_text()
+  args = [a if not a.startswith("learning_rate=") else "learning_rate=0.5" for a in TINY_ARGS]
+  message = expect_error(capsys, ["--dataset", f"npz:{path}", "--workdir", str(workdir), *args],
+                         "holds a checkpoint of another config")
+  assert "learning_rate" in message
+  assert (workdir / "config.json").read_text() == config_before  # nothing already written is lost
+
+
+def test_help_lists_config_keys():
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "train"), "--algo", "depict", "--help"],
+                       capture_output=True, text=True, check=True).stdout
+  assert "warmup_epochs = 50" in out and "target_form = 'paper'" in out
