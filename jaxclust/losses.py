@@ -18,7 +18,9 @@ def weighted_mean(values: ArrayLike, weights: ArrayLike | None = None) -> jax.Ar
   if weights is None:
     return jnp.mean(values)
   weights = jnp.asarray(weights, values.dtype)
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  total = jnp.sum(weights)
+  # All-zero weights (a batch of padding only) give 0 instead of 0/0.
+  return jnp.where(total > 0, jnp.sum(values * weights) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
 def soft_cross_entropy(
