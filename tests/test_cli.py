@@ -139,4 +139,4 @@ def test_workdir_of_another_config(capsys, finished_run, npz_dataset):
 def test_help_lists_config_keys():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "train"), "--algo", "depict", "--help"],
                        capture_output=True, text=True, check=True).stdout
-  assert "warmup_epochs = 50" in out and "target_form = 'paper'" in out
+  assert "warmup_epochs = 30" in out and "target_form = 'paper'" in out

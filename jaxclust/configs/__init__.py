@@ -1,0 +1,1 @@
+"""Per-dataset settings of each algorithm, one module per algorithm (``configs.depict``)."""
