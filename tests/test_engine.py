@@ -91,23 +91,27 @@ def test_stops_when_assignments_settle():
   assert all(c >= 0.05 for c in changes[:-1])
 
 
-def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, monkeypatch):
-  _, uninterrupted = fitted
-  calls = {"n": 0}
+def interrupt_run(monkeypatch, workdir, at_epoch):
+  """Runs a fit that is interrupted (KeyboardInterrupt) at its ``at_epoch``-th epoch."""
   original = Engine.run_epoch
+  calls = {"n": 0}
 
   def interrupted(self, *args, **kwargs):
     calls["n"] += 1
-    if calls["n"] == 6:  # warm-up 2 + initial fit 2 + round 1, then die in round 2
+    if calls["n"] == at_epoch:
       raise KeyboardInterrupt
     return original(self, *args, **kwargs)
 
   monkeypatch.setattr(Engine, "run_epoch", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    make_engine(workdir=tmp_path).fit()
+    make_engine(workdir=workdir).fit()
   monkeypatch.setattr(Engine, "run_epoch", original)
-  resumed_engine = make_engine(workdir=tmp_path)
-  resumed = resumed_engine.fit()
+
+
+def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, monkeypatch):
+  _, uninterrupted = fitted
+  interrupt_run(monkeypatch, tmp_path, at_epoch=6)  # warm-up 2 + initial fit 2 + round 1, die in round 2
+  resumed = make_engine(workdir=tmp_path).fit()
   np.testing.assert_array_equal(resumed.assignments, uninterrupted.assignments)
   np.testing.assert_array_equal(resumed.soft_assignments, uninterrupted.soft_assignments)
   # The resumed process ran only what was missing: round 2 and 3.
@@ -117,21 +121,10 @@ def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, 
 
 def test_resume_in_the_warmup(tmp_path, fitted, monkeypatch):
   _, uninterrupted = fitted
-  original = Engine.run_epoch
-  calls = {"n": 0}
-
-  def interrupted(self, *args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 2:
-      raise KeyboardInterrupt
-    return original(self, *args, **kwargs)
-
-  monkeypatch.setattr(Engine, "run_epoch", interrupted)
-  with pytest.raises(KeyboardInterrupt):
-    make_engine(workdir=tmp_path).fit()
-  monkeypatch.setattr(Engine, "run_epoch", original)
+  interrupt_run(monkeypatch, tmp_path, at_epoch=2)
   resumed = make_engine(workdir=tmp_path).fit()
   np.testing.assert_array_equal(resumed.assignments, uninterrupted.assignments)
+  assert [r["epoch"] for r in resumed.history if r["phase"] == "warmup"] == [2]
 
 
 def test_metrics_jsonl_written(tmp_path):
