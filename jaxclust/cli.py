@@ -98,7 +98,8 @@ def _prepare_workdir(workdir: pathlib.Path, record: dict, restart: bool) -> None
     raise CheckpointError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
   config_path = workdir / "config.json"
   if restart:
-    for name in ("checkpoints", "metrics.jsonl"):
+    for name in ("checkpoints", "metrics.jsonl", "summary.json", "assignments.npy", "assignments.csv",
+                 "soft_assignments.npy"):
       target = workdir / name
       if target.is_dir():
         shutil.rmtree(target)
