@@ -100,6 +100,7 @@ class ConvDecoder(nn.Module):
   convs: Sequence[ConvSpec]
   shapes: Sequence[tuple[int, int, int]]
   negative_slope: float = 0.01
+  transposed_conv: str = "dilated"  # or "subpixel": see conv_transpose
 
   @nn.compact
   def __call__(self, z: jax.Array) -> list[jax.Array]:
@@ -112,7 +113,7 @@ class ConvDecoder(nn.Module):
       out_h, out_w, out_c = self.shapes[layer]
       h = TransposedConv(
           out_c, spec.kernel_size, spec.stride, spec.padding,
-          output_size=(out_h, out_w), name=f"deconv{layer + 1}",
+          output_size=(out_h, out_w), method=self.transposed_conv, name=f"deconv{layer + 1}",
       )(h)
       h = jnp.tanh(h) if layer == 0 else nn.leaky_relu(h, self.negative_slope)
       reconstructed.append(h)
@@ -121,7 +122,7 @@ class ConvDecoder(nn.Module):
 
 def conv_transpose(
     x: jax.Array, kernel: jax.Array, stride: int, crop: int, output_size: Sequence[int],
-    *, method: str = "subpixel",
+    *, method: str = "dilated",
 ) -> jax.Array:
   """Transposed convolution with the semantics of ``ConvTranspose2d`` / Lasagne's ``Deconv2DLayer``.
 
@@ -209,11 +210,13 @@ class ConvAutoencoder(nn.Module):
   num_clusters: int
   dropout_rates: Sequence[float] = (0.1, 0.1, 0.1)
   negative_slope: float = 0.01
+  transposed_conv: str = "dilated"
 
   def setup(self):
     self.encoder = ConvEncoder(self.convs, self.num_clusters, self.dropout_rates, self.negative_slope)
     self.decoder = ConvDecoder(
-        self.convs, tuple(encoder_shapes(self.image_shape, self.convs)), self.negative_slope
+        self.convs, tuple(encoder_shapes(self.image_shape, self.convs)), self.negative_slope,
+        self.transposed_conv,
     )
     # Softmax layer (eq. 1); initialised from k-means centroids once clusters exist.
     self.head = nn.Dense(self.num_clusters, kernel_init=xavier, name="head")

@@ -60,6 +60,7 @@ class DepictConfig(TrainConfig):
   paddings: tuple[int, ...] = (0, 2)
   dropout_rates: tuple[float, ...] = (0.1, 0.1, 0.1)  # input, then each conv layer
   negative_slope: float = 0.01
+  transposed_conv: str = "dilated"  # or "subpixel": same function, see nn.conv_transpose
   reconstruction_weight: float = 1.0
   hidden_reconstruction_weight: float = 1.0  # paper eq. 12: 1; the authors' code: 0.1
   clustering_weight: float = 1.0
@@ -82,6 +83,8 @@ class DepictConfig(TrainConfig):
       raise ConfigError(f"prior must have n_clusters={self.n_clusters} positive entries; got {self.prior}")
     if self.target_form not in ("paper", "squared"):
       raise ConfigError(f"target_form must be 'paper' or 'squared'; got {self.target_form!r}")
+    if self.transposed_conv not in ("dilated", "subpixel"):
+      raise ConfigError(f"transposed_conv must be 'dilated' or 'subpixel'; got {self.transposed_conv!r}")
     if self.init_targets not in ("hard", "soft"):
       raise ConfigError(f"init_targets must be 'hard' or 'soft'; got {self.init_targets!r}")
 
@@ -102,7 +105,8 @@ class Depict(Algorithm):
     except ValueError as e:
       raise ConfigError(str(e)) from None
     self.model = nn.ConvAutoencoder(
-        tuple(image_shape), tuple(convs), config.n_clusters, tuple(config.dropout_rates), config.negative_slope
+        tuple(image_shape), tuple(convs), config.n_clusters, tuple(config.dropout_rates),
+        config.negative_slope, config.transposed_conv,
     )
     hidden = config.hidden_reconstruction_weight
     self.layer_weights = [1.0] + [hidden] * len(convs)
