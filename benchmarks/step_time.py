@@ -11,7 +11,6 @@ an epoch of 20 steps run as a Python loop of jitted steps against one ``lax.scan
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 import time

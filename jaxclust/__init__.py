@@ -22,3 +22,35 @@ from jaxclust.metrics import acc, ari, best_map, clustering_scores, confusion_ma
 from jaxclust.targets import dec_target, depict_target
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "kmeans",
+    "Dataset",
+    "load_dataset",
+    "Algorithm",
+    "Engine",
+    "FitResult",
+    "TrainConfig",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "JaxclustError",
+    "TrainingError",
+    "DEPICT",
+    "softmax_assign",
+    "softmax_logits",
+    "student_t_assign",
+    "kl_divergence",
+    "layerwise_reconstruction",
+    "reconstruction_error",
+    "soft_cross_entropy",
+    "weighted_mean",
+    "acc",
+    "ari",
+    "best_map",
+    "clustering_scores",
+    "confusion_matrix",
+    "nmi",
+    "dec_target",
+    "depict_target",
+]

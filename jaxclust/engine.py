@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from jaxclust import metrics as metrics_lib
 from jaxclust.checkpoint import Checkpointer
-from jaxclust.errors import CheckpointError, ConfigError, TrainingError
+from jaxclust.errors import ConfigError, TrainingError
 
 PyTree = Any
 WARMUP, CLUSTERING = 0, 1
@@ -388,7 +388,6 @@ class Engine:
   # -- the run
 
   def fit(self) -> FitResult:
-    cfg = self.config
     start = time.time()
     checkpointer = None
     if self.workdir is not None:
