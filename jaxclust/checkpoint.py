@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
 
 from jaxclust.errors import CheckpointError
 
@@ -20,9 +21,11 @@ from jaxclust.errors import CheckpointError
 class Checkpointer:
   """Saves and restores the training state of one workdir."""
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2, keep_steps: tuple[int, ...] = ()):
+    """Keeps the latest ``max_to_keep`` steps and, beside them, every step in ``keep_steps``."""
     self.directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    policy = cm.AnyPreservationPolicy([cm.LatestN(max_to_keep), cm.CustomSteps(list(keep_steps))])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except OSError as e:

@@ -391,7 +391,10 @@ class Engine:
     start = time.time()
     checkpointer = None
     if self.workdir is not None:
-      checkpointer = Checkpointer(self.workdir / "checkpoints")
+      # The state right after the initial clustering is kept for good: later rounds can be
+      # rerun from it with other settings without redoing the warm-up.
+      checkpointer = Checkpointer(self.workdir / "checkpoints",
+                                  keep_steps=(self._checkpoint_step(CLUSTERING, 0),))
     try:
       return self._fit(checkpointer, start)
     finally:

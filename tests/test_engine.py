@@ -126,10 +126,13 @@ def test_resume_in_the_warmup(tmp_path, fitted, monkeypatch):
   assert [r["epoch"] for r in resumed.history if r["phase"] == "warmup"] == [2]
 
 
-def test_metrics_jsonl_written(tmp_path):
-  make_engine(workdir=tmp_path, max_rounds=2).fit()
+def test_metrics_jsonl_written_and_initial_clustering_checkpoint_kept(tmp_path):
+  make_engine(workdir=tmp_path, max_rounds=4).fit()
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  initial = TINY["warmup_epochs"] + 1
+  assert steps == [initial, initial + 3, initial + 4]  # the latest two and the initial clustering
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["round"] for r in records if r["phase"] == "round"] == [1, 2]
+  assert [r["round"] for r in records if r["phase"] == "round"] == [1, 2, 3, 4]
 
 
 def test_nan_loss_stops_with_the_round_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
