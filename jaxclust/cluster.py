@@ -48,6 +48,18 @@ def _check_points(x: jax.Array, name: str = "x") -> None:
     raise DataError(f"{name} must hold at least one point and one feature, got shape {x.shape}.")
 
 
+def _points_and_centroids(x: ArrayLike, centroids: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """float32 copies of ``x`` [N, D] and ``centroids`` [K, D], checked finite and of one D."""
+  x = jnp.asarray(x, jnp.float32)
+  centroids = jnp.asarray(centroids, jnp.float32)
+  _check_points(x)
+  _check_points(centroids, "centroids")
+  if centroids.shape[1] != x.shape[1]:
+    raise DataError(
+        f"centroids have {centroids.shape[1]} features but x has {x.shape[1]}.")
+  return x, centroids
+
+
 def _check_n_clusters(n_clusters: int, n_points: int) -> None:
   if not 2 <= n_clusters <= n_points:
     raise ConfigError(
@@ -283,13 +295,7 @@ def lloyd(
     [N] int32 labels, [] float32 inertia (sum of squared distances of the points
     to their centroid) and [] int32 number of steps run.
   """
-  x = jnp.asarray(x, jnp.float32)
-  centroids = jnp.asarray(centroids, jnp.float32)
-  _check_points(x)
-  _check_points(centroids, "centroids")
-  if centroids.shape[1] != x.shape[1]:
-    raise DataError(
-        f"centroids have {centroids.shape[1]} features but x has {x.shape[1]}.")
+  x, centroids = _points_and_centroids(x, centroids)
   return _lloyd_jit(x, centroids, max_iter, tol, chunk_size)
 
 
@@ -311,13 +317,7 @@ def assign(
   Returns:
     [N] int32 labels in ``[0, K)``.
   """
-  x = jnp.asarray(x, jnp.float32)
-  centroids = jnp.asarray(centroids, jnp.float32)
-  _check_points(x)
-  _check_points(centroids, "centroids")
-  if centroids.shape[1] != x.shape[1]:
-    raise DataError(
-        f"centroids have {centroids.shape[1]} features but x has {x.shape[1]}.")
+  x, centroids = _points_and_centroids(x, centroids)
   return _assign_jit(x, centroids, chunk_size)[0]
 
 
