@@ -452,6 +452,7 @@ class Engine:
       self._fixed_targets = jnp.take(targets, self._fixed_rows, axis=0)
     converged = False
     rounds_done = counter
+    soft = None  # the last E-step's soft assignments, which are also the final predictions
     for rnd in range(counter + 1, cfg.max_rounds + 1):
       t0 = time.time()
       totals: dict[str, float] = {}
@@ -476,7 +477,8 @@ class Engine:
         converged = True
         break
 
-    soft = self.predict(train_state["params"])
+    if soft is None:  # no round ran in this process (resumed after the last one, or max_rounds=0)
+      soft = self.predict(train_state["params"])
     return FitResult(
         assignments=np.asarray(jnp.argmax(soft, axis=-1), np.int32),
         soft_assignments=np.asarray(soft, np.float32),
