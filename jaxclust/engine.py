@@ -40,6 +40,9 @@ from jaxclust.errors import ConfigError, TrainingError
 
 PyTree = Any
 WARMUP, CLUSTERING = 0, 1
+# Key of the non-trainable part of an algorithm's parameters (batch-norm statistics): a loss
+# that returns ``{MODEL_STATE: new_value}`` among its terms replaces it after the step.
+MODEL_STATE = "model_state"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,9 @@ class TrainConfig:
   warmup_epochs: int = 50
   max_rounds: int = 100
   epochs_per_round: int = 1
+  # DEC's "update interval": when > 0, a round is this many minibatch steps instead of
+  # epochs_per_round epochs; the steps walk through one shuffled epoch after another.
+  steps_per_round: int = 0
   # Before the first E-step, fit the model to the initial clustering's targets for up to
   # init_epochs epochs, stopping once its agreement (NMI) with the initial assignments has not
   # improved for init_patience epochs; the best epoch's parameters are kept (DEPICT authors' code).
@@ -72,7 +78,7 @@ class TrainConfig:
     for name in ("batch_size", "eval_batch_size", "epochs_per_round"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
-    for name in ("warmup_epochs", "max_rounds", "n_labeled", "init_epochs", "init_patience"):
+    for name in ("warmup_epochs", "max_rounds", "n_labeled", "init_epochs", "init_patience", "steps_per_round"):
       if getattr(self, name) < 0:
         raise ConfigError(f"{name} must not be negative; got {getattr(self, name)}")
     if self.learning_rate <= 0:
@@ -89,7 +95,19 @@ class Algorithm(abc.ABC):
   """The contract an algorithm fulfils; all methods but ``init_clusters`` are traced by jit.
 
   ``batch`` arguments are dicts with ``x`` (``[B, ...]`` inputs), ``weights`` (``[B]``, 0 for
-  padding rows) and ``index`` (``[B]`` positions in the dataset).
+  padding rows), ``index`` (``[B]`` positions in the dataset) and ``dataset`` (the whole
+  dataset on the device, ``[N', ...]`` with padding rows at the end, for losses that look up
+  other samples, such as a triplet's negative).
+
+  Targets are ``[N, K]`` distributions, or a dict of per-sample arrays ``[N, ...]`` holding
+  the distributions under ``"q"`` (and, say, the index of each sample's negative); the engine
+  hands ``m_step_loss`` the rows of the minibatch. Likewise ``predict`` returns ``[B, K]`` soft
+  assignments, or a dict holding them under ``"soft"`` beside whatever else ``e_step`` needs.
+
+  Parameters are any pytree. A dict of parameters may hold non-trainable values (batch-norm
+  running statistics) under the key ``MODEL_STATE``: the optimizer leaves them alone, and a
+  loss that returns ``{MODEL_STATE: new_value, ...}`` as its terms has them replaced after
+  the step.
   """
 
   config: TrainConfig
@@ -97,6 +115,13 @@ class Algorithm(abc.ABC):
   @abc.abstractmethod
   def init(self, rng: jax.Array, example_x: jax.Array) -> PyTree:
     """Initial parameters."""
+
+  def make_optimizer(self, phase: int) -> optax.GradientTransformation:
+    """The optimizer of ``phase`` (``WARMUP`` or ``CLUSTERING``); Adam at the config's rates."""
+    cfg = self.config
+    if phase == WARMUP:
+      return optax.adam(cfg.warmup_learning_rate or cfg.learning_rate)
+    return optax.adam(cfg.learning_rate)
 
   def warmup_loss(self, params: PyTree, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
     """Loss of the phase before clusters exist; ``(loss, {term: value})``."""
@@ -117,18 +142,18 @@ class Algorithm(abc.ABC):
     """
 
   @abc.abstractmethod
-  def predict(self, params: PyTree, x: jax.Array) -> jax.Array:
-    """Soft assignments ``[B, K]`` of the clean model."""
+  def predict(self, params: PyTree, x: jax.Array) -> jax.Array | dict:
+    """Soft assignments ``[B, K]`` of the clean model (or a dict with them under ``"soft"``)."""
 
   @abc.abstractmethod
-  def e_step(self, soft_assignments: jax.Array) -> jax.Array:
-    """Targets ``[N, K]`` from the whole dataset's soft assignments ``[N, K]``."""
+  def e_step(self, soft_assignments: jax.Array | dict) -> jax.Array | dict:
+    """Targets from the whole dataset's ``predict`` output (``[N, K]`` or a dict)."""
 
   @abc.abstractmethod
   def m_step_loss(
-      self, params: PyTree, batch: dict, targets: jax.Array, rng: jax.Array
+      self, params: PyTree, batch: dict, targets: jax.Array | dict, rng: jax.Array
   ) -> tuple[jax.Array, dict]:
-    """Loss of one minibatch given its targets ``[B, K]``; ``(loss, {term: value})``."""
+    """Loss of one minibatch given its targets' rows; ``(loss, {term: value})``."""
 
 
 @dataclasses.dataclass
@@ -137,7 +162,7 @@ class FitResult:
 
   assignments: np.ndarray  # [N] int32
   soft_assignments: np.ndarray  # [N, K] float32
-  targets: np.ndarray  # [N, K] float32, the last E-step's targets
+  targets: np.ndarray | dict  # the last E-step's targets: [N, K] float32, or a dict of arrays
   params: PyTree
   rounds: int
   converged: bool
@@ -180,6 +205,16 @@ def _to_python(value):
 
 def _fmt(value) -> str:
   return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def soft_assignments_of(predicted):
+  """The soft assignments in a ``predict`` output (an array, or a dict with ``"soft"``)."""
+  return predicted["soft"] if isinstance(predicted, dict) else predicted
+
+
+def _distributions(targets):
+  """The target distributions in an ``e_step`` output."""
+  return targets["q"] if isinstance(targets, dict) else targets
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -258,16 +293,23 @@ class Engine:
     def make_step(loss_fn, optimizer, name):
       def step(state, x_all, targets_all, index, weights, key):
         self._count_trace(name)
-        batch = {"x": jnp.take(x_all, index, axis=0), "weights": weights, "index": index}
-        targets = jnp.take(targets_all, index, axis=0)
+        batch = {"x": jnp.take(x_all, index, axis=0), "weights": weights, "index": index,
+                 "dataset": x_all}
+        targets = jax.tree.map(lambda t: jnp.take(t, index, axis=0), targets_all)
 
         def objective(params):
           loss, terms = loss_fn(params, batch, targets, key)
           return loss, terms
 
         (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        terms = dict(terms)
+        new_model_state = terms.pop(MODEL_STATE, None)
+        if MODEL_STATE in grads:  # non-trainable: Adam sees zero gradients, so it never moves them
+          grads = {**grads, MODEL_STATE: jax.tree.map(jnp.zeros_like, grads[MODEL_STATE])}
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        if new_model_state is not None:
+          params = {**params, MODEL_STATE: new_model_state}
         return {"params": params, "opt_state": opt_state}, {"loss": loss, **terms}
 
       return step
@@ -276,11 +318,7 @@ class Engine:
       del targets
       return algo.warmup_loss(params, batch, key)
 
-    cfg = self.config
-    self.optimizers = {
-        WARMUP: optax.adam(cfg.warmup_learning_rate or cfg.learning_rate),
-        CLUSTERING: optax.adam(cfg.learning_rate),
-    }
+    self.optimizers = {phase: algo.make_optimizer(phase) for phase in (WARMUP, CLUSTERING)}
     steps = {
         WARMUP: make_step(warmup_loss, self.optimizers[WARMUP], "warmup_step"),
         CLUSTERING: make_step(algo.m_step_loss, self.optimizers[CLUSTERING], "m_step"),
@@ -324,17 +362,30 @@ class Engine:
     outputs = [fn(params, self.x, np.int32(c * self.eval_chunk)) for c in range(self.n_chunks)]
     return jnp.concatenate(outputs, axis=0)[: self.n]
 
-  def predict(self, params: PyTree) -> jax.Array:
-    """Soft assignments ``[N, K]`` of the whole dataset."""
-    return self.map_dataset(self._predict_chunk, params)
+  def predict(self, params: PyTree) -> jax.Array | dict:
+    """The algorithm's ``predict`` over the whole dataset (soft assignments ``[N, K]``, or a
+    dict holding them under ``"soft"``)."""
+    outputs = [self._predict_chunk(params, self.x, np.int32(c * self.eval_chunk)) for c in range(self.n_chunks)]
+    return jax.tree.map(lambda *o: jnp.concatenate(o, axis=0)[: self.n], *outputs)
 
   def embed(self, params: PyTree) -> jax.Array:
     return self.map_dataset(self._embed_chunk, params)
 
+  def _round_indices(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+    """Minibatches of round ``rnd`` when rounds are ``steps_per_round`` steps long: global
+    steps ``(rnd - 1) * S ... rnd * S - 1`` of a sequence of shuffled epochs."""
+    steps = self.config.steps_per_round
+    first = (rnd - 1) * steps
+    epochs = range(first // self.steps_per_epoch, (first + steps - 1) // self.steps_per_epoch + 1)
+    index, weights = zip(*(self._epoch_indices(CLUSTERING, 0, e) for e in epochs))
+    offset = first - epochs[0] * self.steps_per_epoch
+    return (np.concatenate(index)[offset: offset + steps], np.concatenate(weights)[offset: offset + steps])
+
   def run_epoch(self, phase: int, state: dict, targets: jax.Array, counter: int, epoch: int,
-                desc: str) -> tuple[dict, dict]:
-    """One pass over the dataset; returns the new state and the mean of each loss term."""
-    index, weights = self._epoch_indices(phase, counter, epoch)
+                desc: str, indices: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """One pass over the dataset (or over the minibatches ``indices``, ``[S, B]`` positions and
+    weights); returns the new state and the mean of each loss term."""
+    index, weights = self._epoch_indices(phase, counter, epoch) if indices is None else indices
     key = self._key(phase, counter, epoch)
     if self.epoch_mode == "scan":
       state, terms = self._epochs[phase](state, self.x, targets, index, weights, key)
@@ -342,15 +393,15 @@ class Engine:
       step = self._steps[phase]
       index, weights = jax.device_put(index), jax.device_put(weights)
       collected = []
-      with self.logger.progress(self.steps_per_epoch, desc) as bar:
-        for s in range(self.steps_per_epoch):
+      with self.logger.progress(index.shape[0], desc) as bar:
+        for s in range(index.shape[0]):
           # Dispatch step s before looking at anything of step s-1: the device never waits.
           state, step_terms = step(state, self.x, targets, index[s], weights[s], jax.random.fold_in(key, s))
           collected.append(step_terms)
           bar.update(1)
       terms = jax.tree.map(lambda *v: jnp.stack(v), *collected)
     # Steps weigh equally except the padded last one, which counts for its real rows.
-    step_weights = weights.sum(axis=1) / self.n
+    step_weights = weights.sum(axis=1) / weights.sum()
     means = {k: float(jnp.sum(v * step_weights)) for k, v in terms.items()}
     return state, means
 
@@ -361,12 +412,20 @@ class Engine:
     return {
         "params": params,
         "opt_state": self.optimizers[phase].init(params),
-        "targets": jnp.zeros((self.n, k), jnp.float32),
+        "targets": self._targets_template(params) if phase == CLUSTERING else jnp.zeros((self.n, k), jnp.float32),
         "assignments": jnp.full((self.n,), -1, jnp.int32),
         "phase": jnp.int32(phase),
         "counter": jnp.int32(0),
         "rng": jax.random.key_data(self.base_key),
     }
+
+  def _targets_template(self, params: PyTree) -> PyTree:
+    """Zeros shaped like the targets ``e_step`` makes, for restoring a checkpoint."""
+    def targets_of(params):
+      return self.algo.e_step(self.predict(params))
+
+    shapes = jax.eval_shape(targets_of, params)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def _checkpoint_step(self, phase: int, counter: int) -> int:
     return counter if phase == WARMUP else self.config.warmup_epochs + 1 + counter
@@ -435,7 +494,7 @@ class Engine:
       features = np.asarray(self.embed(train_state["params"]))
       params, targets = self.algo.init_clusters(train_state["params"], features, self._key(99, 1))
       targets = self._fix_labeled(targets, None)
-      assignments = jnp.argmax(targets, axis=-1).astype(jnp.int32)
+      assignments = jnp.argmax(_distributions(targets), axis=-1).astype(jnp.int32)
       train_state = {"params": params, "opt_state": self.optimizers[CLUSTERING].init(params)}
       self.logger.log({"phase": "init", "round": 0, **self._scores(np.asarray(assignments)),
                        "seconds": time.time() - t0})
@@ -449,24 +508,29 @@ class Engine:
     if cfg.n_labeled and not hasattr(self, "_fixed_rows"):  # resumed after the initial clustering
       subset = self._labeled_subset()
       self._fixed_rows = jnp.asarray(subset)
-      self._fixed_targets = jnp.take(targets, self._fixed_rows, axis=0)
+      self._fixed_targets = jnp.take(_distributions(targets), self._fixed_rows, axis=0)
     converged = False
     rounds_done = counter
     soft = None  # the last E-step's soft assignments, which are also the final predictions
     for rnd in range(counter + 1, cfg.max_rounds + 1):
       t0 = time.time()
       totals: dict[str, float] = {}
-      for epoch in range(cfg.epochs_per_round):
+      if cfg.steps_per_round:
+        train_state, totals = self.run_epoch(CLUSTERING, train_state, targets, rnd, 0, f"round {rnd}",
+                                             indices=self._round_indices(rnd))
+        self._check_finite(totals, f"round {rnd}", checkpointer)
+      for epoch in range(0 if cfg.steps_per_round else cfg.epochs_per_round):
         train_state, terms = self.run_epoch(CLUSTERING, train_state, targets, rnd, epoch,
                                             f"round {rnd} epoch {epoch + 1}/{cfg.epochs_per_round}")
         self._check_finite(terms, f"round {rnd}", checkpointer)
         for k, v in terms.items():
           totals[k] = totals.get(k, 0.0) + v / cfg.epochs_per_round
       # E-step (Algorithm 1, lines 4-5) on the clean pathway.
-      soft = self.predict(train_state["params"])
+      predicted = self.predict(train_state["params"])
+      soft = soft_assignments_of(predicted)
       new_assignments = jnp.argmax(soft, axis=-1).astype(jnp.int32)
       changed = float(jnp.mean(new_assignments != assignments))
-      targets = self._fix_labeled(self._e_step(soft), soft)
+      targets = self._fix_labeled(self._e_step(predicted), soft)
       assignments = new_assignments
       state = {**state, "targets": targets, "assignments": assignments}
       save(CLUSTERING, rnd, {**state, **train_state})
@@ -478,11 +542,11 @@ class Engine:
         break
 
     if soft is None:  # no round ran in this process (resumed after the last one, or max_rounds=0)
-      soft = self.predict(train_state["params"])
+      soft = soft_assignments_of(self.predict(train_state["params"]))
     return FitResult(
         assignments=np.asarray(jnp.argmax(soft, axis=-1), np.int32),
         soft_assignments=np.asarray(soft, np.float32),
-        targets=np.asarray(targets, np.float32),
+        targets=jax.tree.map(np.asarray, targets),
         params=train_state["params"],
         rounds=rounds_done,
         converged=converged,
@@ -501,7 +565,7 @@ class Engine:
       train_state, terms = self.run_epoch(CLUSTERING, train_state, targets, 0, epoch,
                                           f"fit initial clusters {epoch + 1}/{cfg.init_epochs}")
       self._check_finite(terms, f"the fit to the initial clusters (epoch {epoch + 1})", checkpointer)
-      predicted = np.asarray(jnp.argmax(self.predict(train_state["params"]), axis=-1))
+      predicted = np.asarray(jnp.argmax(soft_assignments_of(self.predict(train_state["params"])), axis=-1))
       agreement = metrics_lib.nmi(initial, predicted)
       self.logger.log({"phase": "init-fit", "epoch": epoch + 1, **terms, "agreement": agreement,
                        **self._scores(predicted), "seconds": time.time() - t0})
@@ -525,6 +589,8 @@ class Engine:
     their class, decided once from the initial clustering."""
     if not self.config.n_labeled:
       return targets
+    if isinstance(targets, dict):
+      return {**targets, "q": self._fix_labeled(targets["q"], soft)}
     if soft is None:  # the initial clustering: decide the class -> cluster map now
       subset = self._labeled_subset()
       initial = np.asarray(jnp.argmax(targets, axis=-1))

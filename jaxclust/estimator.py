@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from jaxclust import algos, data
-from jaxclust.engine import Engine
+from jaxclust.engine import Engine, soft_assignments_of
 from jaxclust.errors import DataError
 
 
@@ -66,7 +66,7 @@ class _ClusterEstimator(BaseEstimator, ClusterMixin):
     x = as_images(X)
     predict = jax.jit(self.algorithm_.predict)
     chunk = self.algorithm_.config.eval_batch_size
-    return np.concatenate([np.asarray(predict(self.params_, jnp.asarray(x[i:i + chunk])))
+    return np.concatenate([np.asarray(soft_assignments_of(predict(self.params_, jnp.asarray(x[i:i + chunk]))))
                            for i in range(0, len(x), chunk)])
 
   def predict(self, X) -> np.ndarray:
