@@ -5,6 +5,7 @@ Images are channels-last, ``[N, H, W, C]``.
 """
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -233,3 +234,41 @@ class ConvAutoencoder(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False):
     encoded = self.encode(x, train=train)
     return encoded, self.decode(encoded[-1]), self.logits(encoded[-1])
+
+
+# DEC's initialisation (DEC-keras for MNIST): uniform in [-sqrt(1/fan_in), sqrt(1/fan_in)].
+dec_uniform = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class MLPAutoencoder(nn.Module):
+  """DEC's fully connected autoencoder ``d-500-500-2000-10`` (Xie et al. 2016, section 4.3).
+
+  ReLU on every hidden layer; the embedding and the reconstruction are linear. Images are
+  flattened on the way in and reshaped to ``image_shape`` on the way out.
+  """
+
+  image_shape: tuple[int, ...]
+  hidden: Sequence[int] = (500, 500, 2000)
+  embedding_dim: int = 10
+
+  def setup(self):
+    self.encoder_layers = [nn.Dense(h, kernel_init=dec_uniform) for h in self.hidden] + [
+        nn.Dense(self.embedding_dim, kernel_init=dec_uniform)]
+    self.decoder_layers = [nn.Dense(h, kernel_init=dec_uniform) for h in reversed(self.hidden)] + [
+        nn.Dense(math.prod(self.image_shape), kernel_init=dec_uniform)]
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    h = x.reshape(x.shape[0], -1)
+    for layer in self.encoder_layers[:-1]:
+      h = jax.nn.relu(layer(h))
+    return self.encoder_layers[-1](h)
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    h = z
+    for layer in self.decoder_layers[:-1]:
+      h = jax.nn.relu(layer(h))
+    return self.decoder_layers[-1](h).reshape(z.shape[0], *self.image_shape)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    z = self.encode(x)
+    return z, self.decode(z)

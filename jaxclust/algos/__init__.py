@@ -1,11 +1,14 @@
-"""Algorithms by name: ``REGISTRY[name]`` is the algorithm class; ``--algo NAME`` picks it.
+"""Algorithms by name: ``REGISTRY[name]`` is the algorithm's module; ``--algo NAME`` picks it.
 
-Each class has a ``Config`` dataclass and is built as ``cls(config, image_shape)``.
-Per-dataset defaults come from the module's ``dataset_settings(dataset, image_shape)``.
+Each module has a ``Config`` dataclass and an ``ALGORITHM`` class built as
+``ALGORITHM(config, image_shape)``; per-dataset defaults come from the module's
+``dataset_settings(dataset, image_shape)``.
 """
 
-from jaxclust.algos import depict
+from jaxclust.algos import dec, depict, idec
 
 REGISTRY = {
+    "dec": dec,
     "depict": depict,
+    "idec": idec,
 }
