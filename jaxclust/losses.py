@@ -111,3 +111,88 @@ def layerwise_reconstruction(
   per_layer = [reconstruction_error(z, z_hat, weights) for z, z_hat in zip(clean, reconstructed)]
   total = sum(w * term for w, term in zip(layer_weights, per_layer))
   return total, per_layer
+
+
+def _entropy(p: jax.Array, eps: float) -> jax.Array:
+  """``H(p) = -sum_k p_k log p_k`` over the last axis (``eps`` keeps log and gradient finite)."""
+  return -jnp.sum(p * jnp.log(p + eps), axis=-1)
+
+
+def entropy_constraint(
+    q: ArrayLike, weights: ArrayLike | None = None, eps: float = 1e-12
+) -> jax.Array:
+  """Entropy of the mean assignment minus the mean entropy of the assignments.
+
+  ``H(1/N sum_i q_i) - 1/N sum_i H(q_i)`` with ``H(p) = -sum_k p_k log p_k`` (paper 003,
+  eq. 6: "the difference between the entropy of the average of the assignments and the
+  entropy of the assignments", after Bridle et al. 1992; the mutual information between
+  samples and clusters of RIM and IMSAT). The first term is large when the batch is spread
+  over all clusters, the second small when each sample is assigned unambiguously.
+
+  It is to be MAXIMISED: an objective to minimise subtracts it (``loss - lambda * term``).
+  It lies in ``[0, log K]``: 0 when every row is the same distribution, ``log K`` when the
+  rows are one-hot and spread evenly over the ``K`` clusters.
+
+  Args:
+    q: ``[N, K]`` soft assignments (rows sum to one), e.g. the Student-t ``q`` of eq. 2.
+    weights: optional ``[N]`` per-sample weights; they weight both the batch-mean
+      distribution and the mean entropy, so rows of weight 0 change neither.
+    eps: added inside the logarithms.
+
+  Returns:
+    scalar, the term to maximise.
+
+  References:
+    Das et al., Clustering by Inter-Class Separation, WACV 2019 (paper 003);
+    Krause et al., Discriminative Clustering by Regularized Information Maximization, 2010;
+    Hu et al., Learning Discrete Representations via Information Maximizing Self-Augmented
+    Training, ICML 2017.
+  """
+  q = jnp.asarray(q)
+  mean_q = jax.vmap(weighted_mean, in_axes=(1, None))(q, weights)
+  return _entropy(mean_q, eps) - weighted_mean(_entropy(q, eps), weights)
+
+
+def triplet_loss(
+    anchor: ArrayLike,
+    positive: ArrayLike,
+    negative: ArrayLike,
+    margin: float,
+    weights: ArrayLike | None = None,
+    *,
+    squared: bool = True,
+) -> jax.Array:
+  """Triplet hinge loss on embeddings.
+
+  ``1/N sum_i max(0, ||a_i - p_i||^2 - ||a_i - n_i||^2 + margin)`` (paper 003, eq. 5, the
+  inter-class separation term; FaceNet, Schroff et al. 2015, eq. 1): pulls the anchor
+  towards its positive (an augmented copy) and pushes it from its negative by at least
+  ``margin``.
+
+  Args:
+    anchor: ``[N, D]`` embeddings of the anchors.
+    positive: ``[N, D]`` embeddings of the positives.
+    negative: ``[N, D]`` embeddings of the negatives.
+    margin: the margin ``alpha`` (paper 003 uses 0.24 and 0.3).
+    weights: optional ``[N]`` per-sample weights.
+    squared: squared Euclidean distances (FaceNet); if False, plain Euclidean distances,
+      whose gradient at zero distance is taken as zero.
+
+  Returns:
+    scalar loss.
+
+  References:
+    Schroff et al., FaceNet: A Unified Embedding for Face Recognition and Clustering, CVPR 2015.
+  """
+  anchor = jnp.asarray(anchor)
+
+  def distance(other: ArrayLike) -> jax.Array:
+    sq_dist = jnp.sum(jnp.square(anchor - jnp.asarray(other)), axis=-1)
+    if squared:
+      return sq_dist
+    # sqrt has an infinite derivative at 0: take it only of positive values.
+    positive_part = sq_dist > 0
+    return jnp.where(positive_part, jnp.sqrt(jnp.where(positive_part, sq_dist, 1.0)), 0.0)
+
+  per_sample = jax.nn.relu(distance(positive) - distance(negative) + margin)
+  return weighted_mean(per_sample, weights)
