@@ -30,3 +30,25 @@ def pattern_images(n_per_class: int = 25, n_classes: int = 4, size: int = 8, see
   y = np.repeat(np.arange(n_classes), n_per_class)
   x = patterns[y] + 0.1 * rng.normal(size=(len(y), size, size))
   return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int32)
+
+
+def interrupt_fit(monkeypatch, make_engine, at_epoch: int) -> None:
+  """Runs ``make_engine().fit()`` and interrupts it (KeyboardInterrupt) at its ``at_epoch``-th
+  epoch (warm-up epochs, initial-fit epochs and rounds all count)."""
+  import pytest
+
+  from jaxclust.engine import Engine
+
+  original = Engine.run_epoch
+  calls = {"n": 0}
+
+  def interrupted(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == at_epoch:
+      raise KeyboardInterrupt
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(Engine, "run_epoch", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    make_engine().fit()
+  monkeypatch.setattr(Engine, "run_epoch", original)

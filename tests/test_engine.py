@@ -11,7 +11,7 @@ from jaxclust.algos import depict
 from jaxclust.engine import Engine
 from jaxclust.errors import ConfigError, TrainingError
 from jaxclust.targets import depict_target
-from tests.helpers import TINY, pattern_images
+from tests.helpers import TINY, interrupt_fit, pattern_images
 
 
 def make_engine(workdir=None, labels=True, **overrides):
@@ -92,19 +92,7 @@ def test_stops_when_assignments_settle():
 
 def interrupt_run(monkeypatch, workdir, at_epoch):
   """Runs a fit that is interrupted (KeyboardInterrupt) at its ``at_epoch``-th epoch."""
-  original = Engine.run_epoch
-  calls = {"n": 0}
-
-  def interrupted(self, *args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == at_epoch:
-      raise KeyboardInterrupt
-    return original(self, *args, **kwargs)
-
-  monkeypatch.setattr(Engine, "run_epoch", interrupted)
-  with pytest.raises(KeyboardInterrupt):
-    make_engine(workdir=workdir).fit()
-  monkeypatch.setattr(Engine, "run_epoch", original)
+  interrupt_fit(monkeypatch, lambda: make_engine(workdir=workdir), at_epoch)
 
 
 def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, monkeypatch):
