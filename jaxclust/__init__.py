@@ -9,13 +9,16 @@ from jaxclust.cluster import kmeans
 from jaxclust.data import Dataset, load_dataset
 from jaxclust.engine import Algorithm, Engine, FitResult, TrainConfig
 from jaxclust.errors import CheckpointError, ConfigError, DataError, JaxclustError, TrainingError
-from jaxclust.estimator import DEPICT
+from jaxclust import augment
+from jaxclust.estimator import DEC, DEPICT, ICS, IDEC
 from jaxclust.heads import softmax_assign, softmax_logits, student_t_assign
 from jaxclust.losses import (
+    entropy_constraint,
     kl_divergence,
     layerwise_reconstruction,
     reconstruction_error,
     soft_cross_entropy,
+    triplet_loss,
     weighted_mean,
 )
 from jaxclust.metrics import acc, ari, best_map, clustering_scores, confusion_matrix, nmi
@@ -36,7 +39,13 @@ __all__ = [
     "DataError",
     "JaxclustError",
     "TrainingError",
+    "DEC",
     "DEPICT",
+    "ICS",
+    "IDEC",
+    "augment",
+    "entropy_constraint",
+    "triplet_loss",
     "softmax_assign",
     "softmax_logits",
     "student_t_assign",

@@ -90,3 +90,35 @@ class DEPICT(_ClusterEstimator):
   """
 
   _algo = "depict"
+
+
+class DEC(_ClusterEstimator):
+  """DEC (Xie et al., ICML 2016) with scikit-learn's ``fit``/``predict``.
+
+  Args: as :class:`DEPICT`; ``config`` overrides :class:`jaxclust.algos.dec.DecConfig` fields.
+
+  Example::
+
+    labels = jaxclust.DEC(n_clusters=10, config={"warmup_epochs": 100}).fit_predict(images)
+  """
+
+  _algo = "dec"
+
+
+class IDEC(_ClusterEstimator):
+  """IDEC (Guo et al., IJCAI 2017): DEC with the reconstruction loss kept during clustering.
+
+  Args: as :class:`DEPICT`; ``config`` overrides :class:`jaxclust.algos.idec.IdecConfig` fields.
+  """
+
+  _algo = "idec"
+
+
+class ICS(_ClusterEstimator):
+  """The inter-class separation method (Das et al., WACV 2019): conv autoencoder, Student-t
+  layer, triplet and entropy constraints.
+
+  Args: as :class:`DEPICT`; ``config`` overrides :class:`jaxclust.algos.ics.IcsConfig` fields.
+  """
+
+  _algo = "ics"

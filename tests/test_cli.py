@@ -140,3 +140,23 @@ def test_help_lists_config_keys():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "train"), "--algo", "depict", "--help"],
                        capture_output=True, text=True, check=True).stdout
   assert "warmup_epochs = 30" in out and "target_form = 'paper'" in out
+
+
+@pytest.mark.parametrize("algo", ["dec", "idec"])
+def test_student_t_algorithms_end_to_end(algo, npz_dataset, tmp_path):
+  path, y = npz_dataset
+  small = {"hidden_dims": (32, 32, 64), "embedding_dim": 4, "batch_size": 32, "warmup_epochs": 3,
+           "steps_per_round": 5, "max_rounds": 2, "kmeans_n_init": 2}
+  args = [arg for k, v in small.items() for arg in ("--set", f"{k}={v!r}")]
+  assert run_cli("--algo", algo, "--dataset", f"npz:{path}", "--workdir", str(tmp_path), "--quiet", *args) == 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["algo"] == algo and summary["n"] == len(y)
+  assert summary["acc"] == pytest.approx(metrics.acc(y, np.load(tmp_path / "assignments.npy")))
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["steps_per_round"] == 5 and config["optimizer"] == ("sgd" if algo == "dec" else "adam")
+
+
+def test_help_lists_each_algorithms_keys():
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "train"), "--algo", "idec", "--help"],
+                       capture_output=True, text=True, check=True).stdout
+  assert "clustering_weight = 0.1" in out and "hidden_dims = (500, 500, 2000)" in out

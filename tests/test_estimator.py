@@ -9,9 +9,16 @@ from jaxclust.errors import DataError
 from tests.helpers import TINY, pattern_images
 
 
-def test_fit_predict_and_predict_agree():
+DEC_SMALL = {"hidden_dims": (32, 32, 64), "embedding_dim": 4, "batch_size": 32, "warmup_epochs": 20,
+             "steps_per_round": 5, "max_rounds": 3, "kmeans_n_init": 2}
+
+
+@pytest.mark.parametrize("estimator, config", [
+    (jaxclust.DEPICT, TINY), (jaxclust.DEC, DEC_SMALL), (jaxclust.IDEC, DEC_SMALL),
+])
+def test_fit_predict_and_predict_agree(estimator, config):
   x, y = pattern_images()
-  model = jaxclust.DEPICT(n_clusters=4, config=TINY)
+  model = estimator(n_clusters=4, config=config)
   labels = model.fit_predict(x)
   assert labels.shape == (len(x),)
   np.testing.assert_array_equal(model.labels_, labels)
