@@ -272,3 +272,96 @@ class MLPAutoencoder(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     z = self.encode(x)
     return z, self.decode(z)
+
+
+# ----------------------------------------------------------------------------- paper 003
+
+
+def pooled_sizes(height: int, width: int, n_pools: int) -> list[tuple[int, int]]:
+  """``(H, W)`` of the input and after each of ``n_pools`` 2x2 max-pools of stride 2 with
+  zero padding ("SAME"): each pool maps ``n`` to ``ceil(n / 2)``."""
+  sizes = [(height, width)]
+  for _ in range(n_pools):
+    height, width = -(-height // 2), -(-width // 2)
+    sizes.append((height, width))
+  return sizes
+
+
+def _row_mask(mask: jax.Array | None, h: jax.Array) -> jax.Array | None:
+  """A per-sample mask ``[B]`` shaped ``[B, 1, ...]`` to broadcast against ``h``."""
+  return None if mask is None else mask.reshape(mask.shape[0], *([1] * (h.ndim - 1)))
+
+
+class IcsAutoencoder(nn.Module):
+  """The deep convolutional autoencoder (DCA) of paper 003 (Das, Ghosh and Bhowmick, WACV
+  2019, Sec. 3.1 and 4.3, Fig. 2).
+
+  Encoder, per entry of ``features``: a 3x3 convolution of stride 1 with zero padding, batch
+  normalisation, ReLU and a 2x2 max-pool of stride 2 with zero padding; then a fully
+  connected layer to the embedding ``z`` (linear, no batch norm: the Student-t layer works
+  on it, as in DEC). Decoder: a fully connected layer (batch norm, ReLU) shaped as the last
+  pooled map, then per encoder layer a 3x3 transposed convolution of stride 2 that brings
+  the map back to the encoder's size at that level (:class:`TransposedConv`, cropping where
+  the encoder's padding added a row or column), batch norm and ReLU on all but the last,
+  whose output is linear: the images are in ``[-1, 1]`` and the paper feeds standardised
+  (unbounded) ones.
+
+  Images of any size work: 8x8 digits pool to 4, 2, 1 and decode 1 -> 2 -> 4 -> 8; 28x28
+  pool to 14, 7, 4 and decode 4 -> 7 -> 14 -> 28. Max-pooling pads with -inf rather than 0,
+  which is the same after a ReLU. Xavier initialisation everywhere (paper Sec. 4.3).
+
+  Batch-norm statistics live in the ``batch_stats`` collection. ``train=True`` normalises
+  by the batch's statistics (apply with ``mutable=["batch_stats"]``); ``mask`` ``[B]``
+  leaves the rows where it is False (padding) out of them. ``train=False`` uses the
+  running averages.
+  """
+
+  image_shape: tuple[int, int, int]
+  features: Sequence[int] = (32, 64, 128)
+  embedding_dim: int = 10
+  transposed_conv: str = "dilated"  # or "subpixel": see conv_transpose
+  momentum: float = 0.99  # running averages of batch norm (TensorFlow's default)
+
+  def setup(self):
+    height, width, channels = self.image_shape
+    n = len(self.features)
+    sizes = pooled_sizes(height, width, n)
+    norm = lambda: nn.BatchNorm(momentum=self.momentum)
+    self.convs = [nn.Conv(f, (3, 3), padding="SAME", kernel_init=xavier) for f in self.features]
+    self.conv_norms = [norm() for _ in self.features]
+    self.embedding = nn.Dense(self.embedding_dim, kernel_init=xavier)
+    top_h, top_w = sizes[-1]
+    self.top_shape = (top_h, top_w, self.features[-1])
+    self.dense = nn.Dense(top_h * top_w * self.features[-1], kernel_init=xavier)
+    self.dense_norm = norm()
+    # deconvs[l] maps level l + 1 to level l (l = n-1 ... 0); level 0 is the image.
+    out_channels = [channels, *self.features[:-1]]
+    self.deconvs = [
+        TransposedConv(out_channels[l], 3, 2, 1, output_size=sizes[l], method=self.transposed_conv)
+        for l in range(n)
+    ]
+    self.deconv_norms = [norm() for _ in range(1, n)]  # deconv_norms[l - 1] follows deconvs[l]
+
+  def encode(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    """``[B, H, W, C]`` images -> ``[B, embedding_dim]`` embeddings."""
+    h = x
+    for conv, norm in zip(self.convs, self.conv_norms):
+      h = norm(conv(h), use_running_average=not train, mask=_row_mask(mask, h))
+      h = nn.max_pool(nn.relu(h), (2, 2), strides=(2, 2), padding="SAME")
+    return self.embedding(h.reshape(h.shape[0], -1))
+
+  def decode(self, z: jax.Array, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    """``[B, embedding_dim]`` -> ``[B, H, W, C]`` reconstructed images (linear output)."""
+    h = self.dense(z)
+    h = nn.relu(self.dense_norm(h, use_running_average=not train, mask=_row_mask(mask, h)))
+    h = h.reshape(z.shape[0], *self.top_shape)
+    for level in reversed(range(len(self.deconvs))):
+      h = self.deconvs[level](h)
+      if level > 0:
+        h = self.deconv_norms[level - 1](h, use_running_average=not train, mask=_row_mask(mask, h))
+        h = nn.relu(h)
+    return h
+
+  def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None):
+    z = self.encode(x, train=train, mask=mask)
+    return z, self.decode(z, train=train, mask=mask)
