@@ -5,10 +5,11 @@ Each module has a ``Config`` dataclass and an ``ALGORITHM`` class built as
 ``dataset_settings(dataset, image_shape)``.
 """
 
-from jaxclust.algos import dec, depict, idec
+from jaxclust.algos import dec, depict, ics, idec
 
 REGISTRY = {
     "dec": dec,
     "depict": depict,
+    "ics": ics,
     "idec": idec,
 }
