@@ -26,20 +26,23 @@ Sources for what the paper leaves open:
   reconstruction is the per-pixel mean squared error.
 
 ``encoder="conv"`` swaps the fully connected autoencoder for the convolutional one of the
-inter-class separation method (:mod:`jaxclust.algos.ics`), without its triplet and entropy
-terms, so that the effect of those constraints can be measured.
+inter-class separation method (:mod:`jaxclust.algos.ics`; ``conv_variant`` "shallow" or
+"deep", with DEC's ``embedding_dim``), without its triplet and entropy terms, so that the
+effect of those constraints can be measured. Its batch-norm running averages are the
+non-trainable model state: training steps normalise by the batch's statistics and update
+them, ``embed`` and ``predict`` use them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from jaxclust import cluster, losses, nn
-from jaxclust.engine import WARMUP, Algorithm, TrainConfig
+from jaxclust.algos import ics
+from jaxclust.engine import MODEL_STATE, WARMUP, Algorithm, TrainConfig
 from jaxclust.errors import ConfigError
 from jaxclust.heads import student_t_assign
 from jaxclust.targets import dec_target
@@ -60,6 +63,7 @@ class DecConfig(TrainConfig):
   tol: float = 0.001
 
   encoder: str = "mlp"  # "mlp" (d-500-500-2000-10) or "conv" (the ics autoencoder)
+  conv_variant: str = "shallow"  # encoder="conv": the ics network, "shallow" or "deep"
   hidden_dims: tuple[int, ...] = (500, 500, 2000)
   embedding_dim: int = 10
   alpha: float = 1.0  # Student-t degrees of freedom
@@ -73,6 +77,8 @@ class DecConfig(TrainConfig):
       raise ConfigError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
     if self.encoder not in ("mlp", "conv"):
       raise ConfigError(f"encoder must be 'mlp' or 'conv'; got {self.encoder!r}")
+    if self.conv_variant not in ics.VARIANTS:
+      raise ConfigError(f"conv_variant must be one of {sorted(ics.VARIANTS)}; got {self.conv_variant!r}")
     if self.alpha <= 0:
       raise ConfigError(f"alpha must be positive; got {self.alpha}")
     if self.embedding_dim < 1 or any(h < 1 for h in self.hidden_dims):
@@ -110,10 +116,8 @@ class Dec(Algorithm):
     self.image_shape = tuple(image_shape)
     if config.encoder == "mlp":
       self.model = nn.MLPAutoencoder(self.image_shape, tuple(config.hidden_dims), config.embedding_dim)
-    else:
-      from jaxclust.algos import ics  # the conv autoencoder lives with the method that defines it
-
-      self.model = ics.conv_autoencoder(config, self.image_shape)
+    else:  # the conv autoencoder lives with the method that defines it
+      self.model = ics.conv_autoencoder(self.image_shape, config.conv_variant, embedding_dim=config.embedding_dim)
 
   def make_optimizer(self, phase):
     cfg = self.config
@@ -124,24 +128,34 @@ class Dec(Algorithm):
     return optax.adam(cfg.learning_rate)
 
   def init(self, rng, example_x):
-    variables = self.model.init(rng, example_x)
     centroids = jnp.zeros((self.config.n_clusters, self.config.embedding_dim), jnp.float32)
-    return {"ae": variables["params"], "centroids": centroids}
+    if self.config.encoder == "mlp":
+      return {"ae": self.model.init(rng, example_x)["params"], "centroids": centroids}
+    weights, batch_stats = ics.init_autoencoder(self.model, rng, example_x)
+    return {"ae": weights, "centroids": centroids, MODEL_STATE: {"batch_stats": batch_stats}}
 
-  def _encode(self, params, x):
-    return self.model.apply({"params": params["ae"]}, x, method=type(self.model).encode)
+  def _apply(self, params, x, method=None, weights=None):
+    """``(output, terms)`` of the autoencoder's ``method`` (default: encode and decode). The
+    conv autoencoder normalises a training batch (``weights`` given) by its own statistics
+    and returns the updated running averages as ``{MODEL_STATE: ...}``; otherwise ``{}``."""
+    if self.config.encoder == "conv":
+      return ics.apply_autoencoder(self.model, params, x, method, weights)
+    return self.model.apply({"params": params["ae"]}, x, method=method), {}
 
-  def _reconstruct(self, params, x):
-    return self.model.apply({"params": params["ae"]}, x)
+  def _encode(self, params, x, weights=None):
+    return self._apply(params, x, type(self.model).encode, weights)
+
+  def _reconstruct(self, params, x, weights=None):
+    return self._apply(params, x, None, weights)
 
   def warmup_loss(self, params, batch, rng):
     del rng
-    _, reconstruction = self._reconstruct(params, batch["x"])
+    (_, reconstruction), state = self._reconstruct(params, batch["x"], batch["weights"])
     rec = losses.reconstruction_error(batch["x"], reconstruction, batch["weights"])
-    return rec, {"reconstruction": rec}
+    return rec, {"reconstruction": rec, **state}
 
   def embed(self, params, x):
-    return self._encode(params, x)
+    return self._encode(params, x)[0]
 
   def init_clusters(self, params, features, rng):
     """k-means (``kmeans_n_init`` restarts) on the embedding gives the centroids; the first
@@ -152,7 +166,7 @@ class Dec(Algorithm):
     return params, self.e_step(student_t_assign(features, params["centroids"], self.config.alpha))
 
   def predict(self, params, x):
-    return student_t_assign(self._encode(params, x), params["centroids"], self.config.alpha)
+    return student_t_assign(self.embed(params, x), params["centroids"], self.config.alpha)
 
   def e_step(self, soft_assignments):
     return dec_target(soft_assignments)
@@ -163,17 +177,17 @@ class Dec(Algorithm):
     cfg = self.config
     w = batch["weights"]
     if cfg.reconstruction_weight > 0:
-      z, reconstruction = self._reconstruct(params, batch["x"])
+      (z, reconstruction), state = self._reconstruct(params, batch["x"], w)
       rec = losses.reconstruction_error(batch["x"], reconstruction, w)
     else:
-      z, rec = self._encode(params, batch["x"]), jnp.zeros(())
+      (z, state), rec = self._encode(params, batch["x"], w), jnp.zeros(())
     q = student_t_assign(z, params["centroids"], cfg.alpha)
     kl = losses.kl_divergence(targets, q, w)
     loss = cfg.clustering_weight * kl + cfg.reconstruction_weight * rec
     terms = {"clustering": kl}
     if cfg.reconstruction_weight > 0:
       terms["reconstruction"] = rec
-    return loss, terms
+    return loss, {**terms, **state}
 
 
 Config = DecConfig
