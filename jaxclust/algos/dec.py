@@ -27,10 +27,10 @@ Sources for what the paper leaves open:
 
 ``encoder="conv"`` swaps the fully connected autoencoder for the convolutional one of the
 inter-class separation method (:mod:`jaxclust.algos.ics`; ``conv_variant`` "shallow" or
-"deep", with DEC's ``embedding_dim``), without its triplet and entropy terms, so that the
-effect of those constraints can be measured. Its batch-norm running averages are the
-non-trainable model state: training steps normalise by the batch's statistics and update
-them, ``embed`` and ``predict`` use them.
+"deep", with DEC's ``embedding_dim``; ``conv_features`` overrides its channels), without
+its triplet and entropy terms, so that the effect of those constraints can be measured.
+Its batch-norm running averages are the non-trainable model state: training steps
+normalise by the batch's statistics and update them, ``embed`` and ``predict`` use them.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class DecConfig(TrainConfig):
 
   encoder: str = "mlp"  # "mlp" (d-500-500-2000-10) or "conv" (the ics autoencoder)
   conv_variant: str = "shallow"  # encoder="conv": the ics network, "shallow" or "deep"
+  conv_features: tuple[int, ...] | None = None  # encoder="conv": channels; None: the variant's
   hidden_dims: tuple[int, ...] = (500, 500, 2000)
   embedding_dim: int = 10
   alpha: float = 1.0  # Student-t degrees of freedom
@@ -79,6 +80,8 @@ class DecConfig(TrainConfig):
       raise ConfigError(f"encoder must be 'mlp' or 'conv'; got {self.encoder!r}")
     if self.conv_variant not in ics.VARIANTS:
       raise ConfigError(f"conv_variant must be one of {sorted(ics.VARIANTS)}; got {self.conv_variant!r}")
+    if self.conv_features is not None and (not self.conv_features or min(self.conv_features) < 1):
+      raise ConfigError(f"conv_features must be positive channel counts; got {self.conv_features}")
     if self.alpha <= 0:
       raise ConfigError(f"alpha must be positive; got {self.alpha}")
     if self.embedding_dim < 1 or any(h < 1 for h in self.hidden_dims):
@@ -117,7 +120,8 @@ class Dec(Algorithm):
     if config.encoder == "mlp":
       self.model = nn.MLPAutoencoder(self.image_shape, tuple(config.hidden_dims), config.embedding_dim)
     else:  # the conv autoencoder lives with the method that defines it
-      self.model = ics.conv_autoencoder(self.image_shape, config.conv_variant, embedding_dim=config.embedding_dim)
+      self.model = ics.conv_autoencoder(self.image_shape, config.conv_variant, features=config.conv_features,
+                                        embedding_dim=config.embedding_dim)
 
   def make_optimizer(self, phase):
     cfg = self.config
