@@ -62,7 +62,11 @@ numbers):
   for the deep variant (our choices). See :class:`jaxclust.nn.IcsAutoencoder`.
 - Optimiser: Adam (Sec. 4.3); the rate was lost, 1e-3 (Adam's default). Batch size 256,
   update interval 140 steps (30 for small data), ``tol`` 0.001 and k-means with 20
-  restarts: DEC's (the paper does not give them).
+  restarts: DEC's (the paper does not give them). At most 50 rounds (our choice, sized
+  for a CPU).
+- Batch norm (Sec. 4.3, "to each layer"): running averages with momentum 0.99
+  (TensorFlow's default, the paper's framework); padding rows stay out of the batch
+  statistics. The embedding and the output layer have none.
 - Inputs: the paper standardises them; jaxclust scales images to [-1, 1] (background -1,
   which the augmentations fill in with).
 - Augmentations: the paper lists rotation, scale, erasing and flip without amounts; ours:
