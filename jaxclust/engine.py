@@ -357,16 +357,16 @@ class Engine:
     self._predict_chunk = chunk_fn(algo.predict, "predict")
     self._e_step = jax.jit(algo.e_step)
 
-  def map_dataset(self, fn: Callable, params: PyTree) -> jax.Array:
-    """Applies a compiled chunk function over the whole dataset; ``[N, ...]`` on the device."""
+  def map_dataset(self, fn: Callable, params: PyTree) -> PyTree:
+    """Applies a compiled chunk function over the whole dataset; each output leaf is
+    ``[N, ...]`` on the device."""
     outputs = [fn(params, self.x, np.int32(c * self.eval_chunk)) for c in range(self.n_chunks)]
-    return jnp.concatenate(outputs, axis=0)[: self.n]
+    return jax.tree.map(lambda *o: jnp.concatenate(o, axis=0)[: self.n], *outputs)
 
   def predict(self, params: PyTree) -> jax.Array | dict:
     """The algorithm's ``predict`` over the whole dataset (soft assignments ``[N, K]``, or a
     dict holding them under ``"soft"``)."""
-    outputs = [self._predict_chunk(params, self.x, np.int32(c * self.eval_chunk)) for c in range(self.n_chunks)]
-    return jax.tree.map(lambda *o: jnp.concatenate(o, axis=0)[: self.n], *outputs)
+    return self.map_dataset(self._predict_chunk, params)
 
   def embed(self, params: PyTree) -> jax.Array:
     return self.map_dataset(self._embed_chunk, params)
