@@ -42,7 +42,7 @@ import optax
 
 from jaxclust import cluster, losses, nn
 from jaxclust.algos import ics
-from jaxclust.engine import MODEL_STATE, WARMUP, Algorithm, TrainConfig
+from jaxclust.engine import CLUSTERING, MODEL_STATE, Algorithm, TrainConfig
 from jaxclust.errors import ConfigError
 from jaxclust.heads import student_t_assign
 from jaxclust.targets import dec_target
@@ -124,12 +124,11 @@ class Dec(Algorithm):
                                         embedding_dim=config.embedding_dim)
 
   def make_optimizer(self, phase):
+    """Adam (the engine's default) except for SGD with momentum in DEC's clustering phase."""
     cfg = self.config
-    if phase == WARMUP:
-      return optax.adam(cfg.warmup_learning_rate or cfg.learning_rate)
-    if cfg.optimizer == "sgd":
+    if phase == CLUSTERING and cfg.optimizer == "sgd":
       return optax.sgd(cfg.learning_rate, momentum=cfg.momentum)
-    return optax.adam(cfg.learning_rate)
+    return super().make_optimizer(phase)
 
   def init(self, rng, example_x):
     centroids = jnp.zeros((self.config.n_clusters, self.config.embedding_dim), jnp.float32)
