@@ -49,6 +49,16 @@ class Checkpointer:
           f"checkpoint {path} cannot be read ({type(e).__name__}); start over with --restart"
       ) from e
 
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def restore_saved(self, step: int) -> Any:
+    """Restores ``step`` in the structure it was saved with (no template needed)."""
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # orbax raises many types for unreadable files
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__})") from e
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -221,6 +221,9 @@ def make_parser(algo: str | None = None) -> argparse.ArgumentParser:
   parser.add_argument("--n-clusters", type=int, default=None)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value, e.g. --set warmup_epochs=20 (repeatable)")
+  parser.add_argument("--pretrained", default=None, metavar="WORKDIR",
+                      help="start from the warmed-up network of an earlier run (same architecture) "
+                           "and skip the warm-up; same as --set pretrained=WORKDIR")
   parser.add_argument("--restart", action="store_true", help="ignore checkpoints in the workdir and start over")
   group = parser.add_mutually_exclusive_group()
   group.add_argument("--quiet", action="store_true", help="print errors only")
@@ -240,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
       overrides["seed"] = args.seed
     if args.n_clusters is not None:
       overrides["n_clusters"] = args.n_clusters
+    if args.pretrained is not None:
+      overrides["pretrained"] = args.pretrained
     train_and_evaluate(
         args.algo, args.dataset, args.workdir, overrides,
         data_dir=args.data_dir, split=args.split, restart=args.restart,

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from jaxclust import metrics as metrics_lib
 from jaxclust.checkpoint import Checkpointer
-from jaxclust.errors import ConfigError, TrainingError
+from jaxclust.errors import CheckpointError, ConfigError, TrainingError
 
 PyTree = Any
 WARMUP, CLUSTERING = 0, 1
@@ -69,6 +69,9 @@ class TrainConfig:
   tol: float = 0.001  # stop when fewer than this fraction of assignments change in a round
   n_labeled: int = 0  # semi-supervised: this many labelled samples keep fixed targets
   epoch_mode: str = "auto"  # "loop" (one jitted step per minibatch), "scan", or "auto"
+  # A workdir of an earlier run of the same network whose warm-up finished: its warmed-up
+  # parameters are loaded and this run's warm-up is skipped (DEC-keras's ``ae_weights``).
+  pretrained: str | None = None
 
   def validate(self, n_samples: int) -> None:
     if not 2 <= self.n_clusters <= n_samples:
@@ -452,8 +455,10 @@ class Engine:
     if self.workdir is not None:
       # The state right after the initial clustering is kept for good: later rounds can be
       # rerun from it with other settings without redoing the warm-up.
+      # So is the last warm-up step, which other runs can start from (``pretrained``).
       checkpointer = Checkpointer(self.workdir / "checkpoints",
-                                  keep_steps=(self._checkpoint_step(CLUSTERING, 0),))
+                                  keep_steps=(self._checkpoint_step(WARMUP, self.config.warmup_epochs),
+                                              self._checkpoint_step(CLUSTERING, 0)))
     try:
       return self._fit(checkpointer, start)
     finally:
@@ -469,6 +474,10 @@ class Engine:
       phase = WARMUP if resumed_step <= cfg.warmup_epochs else CLUSTERING
       state = checkpointer.restore(resumed_step, self._state_template(params, phase))
       print(f"resuming from checkpoint step {resumed_step} in {checkpointer.directory}", file=sys.stderr)
+    elif cfg.pretrained:
+      params = self._load_pretrained(params)
+      state = {**state, "params": params, "counter": jnp.int32(cfg.warmup_epochs)}
+      self.logger.log({"phase": "pretrained", "source": str(cfg.pretrained), "seconds": time.time() - start})
 
     def save(phase, counter, state):
       if checkpointer is not None:
@@ -553,6 +562,48 @@ class Engine:
         history=self.logger.history,
         seconds=time.time() - start,
     )
+
+  def _load_pretrained(self, like: PyTree) -> PyTree:
+    """The warmed-up parameters of the run in ``config.pretrained``, checked against ``like``.
+
+    That run's last warm-up step is used. A run that kept only the state after its initial
+    clustering (written before that step was kept) serves too when its ``config.json`` says it
+    did not fit the initial targets (``init_epochs == 0``): ``init_clusters`` recomputes all
+    that step added.
+    """
+    source = pathlib.Path(self.config.pretrained)
+    directory = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+    if not directory.is_dir():
+      raise CheckpointError(f"pretrained: {source} is not a workdir with checkpoints")
+    with Checkpointer(directory) as source_checkpoints:
+      saved = {}
+      for step in sorted(source_checkpoints.all_steps()):
+        saved[step] = source_checkpoints.restore_saved(step)
+        if int(saved[step]["phase"]) == CLUSTERING:
+          break
+      else:
+        raise CheckpointError(f"pretrained: {directory} holds no finished warm-up; let that run finish it")
+      if step - 1 in saved:
+        params = saved[step - 1]["params"]
+      elif self._init_epochs_of(source) == 0:
+        params = saved[step]["params"]
+      else:
+        raise CheckpointError(f"pretrained: {directory} kept no warmed-up parameters, only those fitted to "
+                              "its initial clusters")
+    expected = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), like)
+    found = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), params)
+    if jax.tree.structure(expected) != jax.tree.structure(found) or jax.tree.leaves(expected) != jax.tree.leaves(found):
+      raise CheckpointError(f"pretrained: the parameters in {directory} do not fit this network "
+                            "(another architecture, image shape or number of clusters)")
+    print(f"starting from the warmed-up parameters in {directory}", file=sys.stderr)
+    return jax.tree.map(jnp.asarray, params)
+
+  @staticmethod
+  def _init_epochs_of(workdir: pathlib.Path) -> int | None:
+    try:
+      return int(json.loads((workdir / "config.json").read_text()).get("init_epochs", 0))
+    except (OSError, ValueError, TypeError):
+      return None
 
   def _fit_initial_targets(self, train_state, targets, assignments, checkpointer):
     """M-step epochs on the initial targets until the predictions stop agreeing better with

@@ -160,3 +160,16 @@ def test_help_lists_each_algorithms_keys():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "train"), "--algo", "idec", "--help"],
                        capture_output=True, text=True, check=True).stdout
   assert "clustering_weight = 0.1" in out and "hidden_dims = (500, 500, 2000)" in out
+
+
+def test_pretrained_flag_starts_from_an_earlier_runs_warmup(finished_run, npz_dataset, tmp_path, capsys):
+  source, _ = finished_run
+  path, _ = npz_dataset
+  workdir = tmp_path / "again"
+  assert run_cli("--dataset", f"npz:{path}", "--workdir", str(workdir), "--quiet", "--pretrained", str(source),
+                 *TINY_ARGS) == 0
+  phases = [json.loads(line)["phase"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert "warmup" not in phases and phases[:2] == ["pretrained", "init"]
+  assert json.loads((workdir / "config.json").read_text())["pretrained"] == str(source)
+  expect_error(capsys, ["--dataset", f"npz:{path}", "--workdir", str(tmp_path / "other"),
+                        "--pretrained", str(tmp_path / "nowhere"), *TINY_ARGS], "pretrained:")

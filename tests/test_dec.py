@@ -19,7 +19,7 @@ from jaxclust.engine import (
   Engine,
   TrainConfig,
 )
-from jaxclust.errors import ConfigError
+from jaxclust.errors import CheckpointError, ConfigError
 from tests.helpers import interrupt_fit, pattern_images
 
 SMALL = dict(hidden_dims=(32, 32, 64), embedding_dim=4, n_clusters=4, batch_size=32, eval_batch_size=64,
@@ -152,6 +152,27 @@ def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, 
   np.testing.assert_array_equal(resumed.assignments, uninterrupted.assignments)
   np.testing.assert_allclose(resumed.soft_assignments, uninterrupted.soft_assignments, rtol=1e-6)
   assert [r["round"] for r in resumed.history if r["phase"] == "round"] == [3, 4]
+
+
+def test_pretrained_skips_the_warmup_and_matches_a_run_that_warmed_up_itself(tmp_path):
+  make_engine(dec, workdir=tmp_path / "dec").fit()  # IDEC warms up exactly as DEC does
+  own = make_engine(idec).fit()
+  reused = make_engine(idec, workdir=tmp_path / "idec", pretrained=str(tmp_path / "dec")).fit()
+  assert [r["phase"] for r in reused.history][:2] == ["pretrained", "init"]
+  np.testing.assert_array_equal(reused.assignments, own.assignments)
+  np.testing.assert_allclose(reused.soft_assignments, own.soft_assignments, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_refuses_what_it_cannot_use(tmp_path, monkeypatch):
+  with pytest.raises(CheckpointError, match="not a workdir"):
+    make_engine(pretrained=str(tmp_path / "missing")).fit()
+  make_engine(workdir=tmp_path / "warm", max_rounds=0).fit()
+  with pytest.raises(CheckpointError, match="do not fit this network"):
+    make_engine(pretrained=str(tmp_path / "warm"), embedding_dim=3).fit()
+  # A run killed in its warm-up has nothing to offer yet.
+  interrupt_fit(monkeypatch, lambda: make_engine(workdir=tmp_path / "cold"), at_epoch=3)
+  with pytest.raises(CheckpointError, match="no finished warm-up"):
+    make_engine(pretrained=str(tmp_path / "cold")).fit()
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -114,11 +114,12 @@ def test_resume_in_the_warmup(tmp_path, fitted, monkeypatch):
   assert [r["epoch"] for r in resumed.history if r["phase"] == "warmup"] == [2]
 
 
-def test_metrics_jsonl_written_and_initial_clustering_checkpoint_kept(tmp_path):
+def test_metrics_jsonl_written_and_warmed_up_and_initial_clustering_checkpoints_kept(tmp_path):
   make_engine(workdir=tmp_path, max_rounds=4).fit()
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   initial = TINY["warmup_epochs"] + 1
-  assert steps == [initial, initial + 3, initial + 4]  # the latest two and the initial clustering
+  # The latest two, the last warm-up epoch and the initial clustering.
+  assert steps == [initial - 1, initial, initial + 3, initial + 4]
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in records if r["phase"] == "round"] == [1, 2, 3, 4]
 
