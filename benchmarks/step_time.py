@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from jaxclust.algos import depict  # noqa: E402
-from jaxclust.engine import Engine  # noqa: E402
+from jaxclust.algos import depict
+from jaxclust.engine import Engine
 
 
 def make_engine(n: int, batch_size: int, epoch_mode: str, transposed_conv: str) -> Engine:
@@ -41,7 +41,7 @@ def time_epochs(engine: Engine, repeats: int) -> tuple[float, float]:
   times = []
   for epoch in range(repeats + 1):
     start = time.perf_counter()
-    state, terms = engine.run_epoch(1, state, targets, 0, epoch, "")
+    state, _ = engine.run_epoch(1, state, targets, 0, epoch, "")
     jax.block_until_ready(state)
     times.append(time.perf_counter() - start)
   return times[0], float(np.median(times[1:]))
