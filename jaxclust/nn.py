@@ -6,7 +6,7 @@ Images are channels-last, ``[N, H, W, C]``.
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -365,3 +365,91 @@ class IcsAutoencoder(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None):
     z = self.encode(x, train=train, mask=mask)
     return z, self.decode(z, train=train, mask=mask)
+
+
+# ----------------------------------------------------------------------------- paper 002
+
+
+class SpectralMLP(nn.Module):
+  """SpectralNet's network without its orthonorm layer: fully connected ReLU layers, then a
+  layer of width ``num_clusters`` (Shaham et al. 2018; paper 002 Sec. 3.2 and 4.3, "four
+  fully connected layers" with ReLU).
+
+  The orthonormalization (:func:`jaxclust.spectral.cholesky_orthonormalize`, paper 002
+  eq. 17-18) is left to the caller, who decides when its weights are recomputed and whether
+  gradients flow through them. ``hidden`` defaults to the MNIST architecture of
+  SpectralNet's code (1024-1024-512), which DSCDAN's code reuses for its clustering network.
+  The last layer is linear by default (paper 002: the orthonorm layer "acts as a linear
+  layer with K outputs"); SpectralNet's code puts a tanh there (``output_activation=jnp.tanh``)
+  and DSCDAN's code a softmax. Xavier (Glorot uniform) initialisation and zero biases, the
+  Keras defaults both codes ran with. Inputs ``[B, ...]`` are flattened.
+
+  Returns ``[B, num_clusters]``, the inputs ``Y~`` of the orthonorm layer.
+  """
+
+  num_clusters: int
+  hidden: Sequence[int] = (1024, 1024, 512)
+  output_activation: Callable[[jax.Array], jax.Array] | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = x.reshape(x.shape[0], -1)
+    for layer, width in enumerate(self.hidden):
+      h = nn.relu(nn.Dense(width, kernel_init=xavier, name=f"hidden{layer + 1}")(h))
+    y = nn.Dense(self.num_clusters, kernel_init=xavier, name="output")(h)
+    return y if self.output_activation is None else self.output_activation(y)
+
+
+class GlobalDiscriminator(nn.Module):
+  """The global mutual-information discriminator ``T_1(x, z)`` of paper 002 eq. 10.
+
+  Concatenates the flattened features of ``x`` with the code ``z`` and scores the pair with
+  fully connected ReLU layers and a linear output: a logit, to feed
+  :func:`jaxclust.losses.jsd_mutual_information` (which applies the sigmoid of eq. 9 through
+  softplus). ``hidden`` defaults to DSCDAN's code, three layers as wide as the latent code
+  (120); there the "features" of ``x`` are the code itself (pairs ``[z, z]`` against
+  ``[z, shuffled z]``). Deep InfoMax scores (encoder feature map, code) pairs with 512-512.
+
+  ``__call__(features [B, ...], z [B, D])`` returns ``[B]`` scores.
+  """
+
+  hidden: Sequence[int] = (120, 120, 120)
+
+  @nn.compact
+  def __call__(self, features: jax.Array, z: jax.Array) -> jax.Array:
+    h = jnp.concatenate([features.reshape(features.shape[0], -1), z.reshape(z.shape[0], -1)], axis=-1)
+    for layer, width in enumerate(self.hidden):
+      h = nn.relu(nn.Dense(width, kernel_init=xavier, name=f"hidden{layer + 1}")(h))
+    return nn.Dense(1, kernel_init=xavier, name="score")(h)[:, 0]
+
+
+class LocalDiscriminator(nn.Module):
+  """The local mutual-information discriminator ``T_2(C_ij, z)`` of paper 002 eq. 10, Fig. 3.
+
+  The code ``z`` is replicated over the ``H x W`` positions of the encoder's middle feature
+  map ``C`` and concatenated with it; 1x1 convolutions (ReLU, then a linear one to a single
+  channel) score every position: Deep InfoMax's concat-and-convolve architecture. A 1x1
+  convolution is a dense layer on the channels, applied at every position; the first one is
+  computed as ``C W_c + z W_z`` (its kernel split between the rows that meet ``C`` and those
+  that meet ``z``), which equals the convolution of the concatenation without building
+  ``z`` replicated over ``H x W``. ``hidden`` defaults to DSCDAN's code (its local
+  discriminator, left commented out there: three layers of 120 units per position); a single
+  1x1 convolution would be linear, ``a . C_ij + b . z``, and could not tell positive pairs
+  from negative ones, whose marginals are the same.
+
+  ``__call__(feature_map [B, H, W, C], z [B, D])`` returns ``[B, H, W]`` scores.
+  """
+
+  hidden: Sequence[int] = (120, 120, 120)
+
+  @nn.compact
+  def __call__(self, feature_map: jax.Array, z: jax.Array) -> jax.Array:
+    if not self.hidden:
+      raise ValueError("LocalDiscriminator needs at least one hidden layer")
+    width = self.hidden[0]
+    h = nn.Dense(width, kernel_init=xavier, name="hidden1_features")(feature_map)
+    h_z = nn.Dense(width, use_bias=False, kernel_init=xavier, name="hidden1_latent")(z)
+    h = nn.relu(h + h_z[:, None, None, :])
+    for layer, width in enumerate(self.hidden[1:], start=2):
+      h = nn.relu(nn.Dense(width, kernel_init=xavier, name=f"hidden{layer}")(h))
+    return nn.Dense(1, kernel_init=xavier, name="score")(h)[..., 0]
