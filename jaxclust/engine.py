@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from jaxclust import metrics as metrics_lib
 from jaxclust.checkpoint import Checkpointer
 from jaxclust.errors import CheckpointError, ConfigError, TrainingError
+from jaxclust.tensorboard import event_writer
 
 PyTree = Any
 WARMUP, CLUSTERING = 0, 1
@@ -177,12 +178,14 @@ class FitResult:
 
 
 class RunLogger:
-  """Writes one JSON line per epoch/round to ``metrics.jsonl`` and a summary line to stderr."""
+  """Writes one JSON line per epoch/round to ``metrics.jsonl`` (and as TensorBoard scalars,
+  :mod:`jaxclust.tensorboard`) and a summary line to stderr."""
 
   def __init__(self, workdir: pathlib.Path | None, *, verbosity: int = 1):
     self.path = None if workdir is None else workdir / "metrics.jsonl"
     self.verbosity = verbosity
     self.history: list[dict] = []
+    self.events = event_writer(workdir, verbosity=verbosity)  # TensorBoard, when installed
 
   def log(self, record: dict) -> None:
     record = {k: _to_python(v) for k, v in record.items()}
@@ -190,6 +193,7 @@ class RunLogger:
     if self.path is not None:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    self.events.write(record)
     if self.verbosity >= 1 and (record["phase"] != "warmup" or self.verbosity >= 2 or record.get("last")):
       shown = {k: v for k, v in record.items() if k not in ("phase", "last")}
       text = "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
