@@ -22,7 +22,7 @@ import typing
 
 import numpy as np
 
-from jaxclust import algos, data, metrics
+from jaxclust import algos, data, metrics, report
 from jaxclust.checkpoint import write_json
 from jaxclust.engine import Engine
 from jaxclust.errors import CheckpointError, ConfigError, JaxclustError
@@ -141,11 +141,13 @@ def train_and_evaluate(
     split: str = "all",
     restart: bool = False,
     verbosity: int = 1,
+    plots: bool = True,
 ) -> dict:
   """Trains ``algo`` on ``dataset`` and writes the results to ``workdir``.
 
   Outputs: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``assignments.npy`` (int,
-  dataset order), ``assignments.csv``, ``soft_assignments.npy`` and ``summary.json``.
+  dataset order), ``assignments.csv``, ``soft_assignments.npy`` and ``summary.json``; with
+  ``plots`` (and matplotlib), ``plots/*.png`` and ``report.html`` (:mod:`jaxclust.report`).
   Rerunning with the same workdir resumes from the last complete round.
 
   Returns:
@@ -186,6 +188,8 @@ def train_and_evaluate(
   if dataset_obj.y is not None:
     summary.update(metrics.clustering_scores(dataset_obj.y, result.assignments))
   write_json(workdir / "summary.json", summary)
+  if plots:
+    report.draw_after_training(workdir, dataset_obj, verbosity)
   if verbosity:
     shown = ", ".join(f"{k} {summary[k]:.4f}" for k in ("acc", "nmi", "ari") if k in summary)
     print(f"done in {summary['seconds']:.1f}s after {result.rounds} rounds"
@@ -225,6 +229,8 @@ def make_parser(algo: str | None = None) -> argparse.ArgumentParser:
                       help="start from the warmed-up network of an earlier run (same architecture) "
                            "and skip the warm-up; same as --set pretrained=WORKDIR")
   parser.add_argument("--restart", action="store_true", help="ignore checkpoints in the workdir and start over")
+  parser.add_argument("--no-plots", action="store_true",
+                      help="skip the plots and report.html drawn at the end (bin/report WORKDIR draws them later)")
   group = parser.add_mutually_exclusive_group()
   group.add_argument("--quiet", action="store_true", help="print errors only")
   group.add_argument("--verbose", action="store_true", help="also print every warm-up epoch")
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     train_and_evaluate(
         args.algo, args.dataset, args.workdir, overrides,
         data_dir=args.data_dir, split=args.split, restart=args.restart,
-        verbosity=0 if args.quiet else (2 if args.verbose else 1),
+        verbosity=0 if args.quiet else (2 if args.verbose else 1), plots=not args.no_plots,
     )
   except JaxclustError as e:
     print(f"error: {e}", file=sys.stderr)

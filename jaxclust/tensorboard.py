@@ -9,10 +9,14 @@ tensorboardX the writer does nothing (``--verbose`` runs say so once).
 
 from __future__ import annotations
 
+import itertools
+import os
 import pathlib
 import sys
+import time
 
 EVENTS_DIR = "tensorboard"
+_WRITERS = itertools.count()  # tells apart the files of writers opened in the same second
 
 
 class NoEvents:
@@ -28,24 +32,34 @@ class NoEvents:
 class EventWriter:
   """Writes the numeric entries of metrics records as TensorBoard scalars.
 
+  Each record is written and flushed before :meth:`write` returns (tensorboardX's
+  ``SummaryWriter`` queues events for a background thread, which can lose the last ones
+  when the process ends), into a file of its own per writer.
+
   Args:
     logdir: the folder of the event files.
   """
 
   def __init__(self, logdir: str | pathlib.Path):
-    from tensorboardX import SummaryWriter
+    from tensorboardX.event_file_writer import EventsWriter
 
-    self._writer = SummaryWriter(str(logdir))
+    logdir = pathlib.Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    self._writer = EventsWriter(str(logdir / "events"), filename_suffix=f".{os.getpid()}.{next(_WRITERS)}")
 
   def write(self, record: dict) -> None:
     """One ``metrics.jsonl`` record (``phase`` plus ``epoch`` or ``round``) as scalars."""
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+
     phase = record.get("phase", "run")
     step = record.get("round", record.get("epoch", 0))
     for key, value in record.items():
       if key in ("phase", "epoch", "round") or isinstance(value, bool) or not isinstance(value, (int, float)):
         continue
-      self._writer.add_scalar(f"{phase}/{key}", value, global_step=step)
-    self._writer.flush()  # a record is an epoch or a round: rare enough to flush each time
+      event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary.scalar(f"{phase}/{key}", value))
+      self._writer.write_event(event)
+    self._writer.flush()
 
   def close(self) -> None:
     self._writer.close()
