@@ -1,5 +1,5 @@
 """DEPICT's targets (eq. 7) with a Student-t head (DEC eq. 1) and a triplet term (paper 003
-eq. 5), on DEPICT's network, trained by jaxclust's engine. `--tiny`: seconds, not minutes."""
+eq. 5), on DEPICT's network, trained by jaxclust's engine. `--tiny`: a short run (the tests)."""
 import sys
 
 import jax

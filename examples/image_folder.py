@@ -11,7 +11,7 @@ for the image size), and writes:
 - ``OUT/cluster_K.png``: a contact sheet of up to 64 images of cluster K, to see what each
   cluster holds.
 
-``--tiny`` trains for a few epochs only (seconds; what the tests run). For labelled data in
+``--tiny`` trains for a few epochs only (what the tests run). For labelled data in
 one subfolder per class, ``bin/train --dataset folder:PATH`` also gives ACC/NMI and plots.
 """
 
@@ -61,7 +61,7 @@ def main() -> None:
   parser.add_argument("--rgb", action="store_true", help="keep colour (default: grayscale)")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("clusters"))
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--tiny", action="store_true", help="a few epochs only (seconds)")
+  parser.add_argument("--tiny", action="store_true", help="a few epochs only (a short run)")
   args = parser.parse_args()
 
   paths, images = load_images(args.folder, args.size, args.rgb)

@@ -1,7 +1,7 @@
 """jaxclust's estimators inside a scikit-learn pipeline.
 
   python examples/sklearn_pipeline.py          # scikit-learn's 8x8 digits, a few minutes on a CPU
-  python examples/sklearn_pipeline.py --tiny   # a few hundred images and epochs: seconds
+  python examples/sklearn_pipeline.py --tiny   # a few hundred images and epochs: a short run
 
 The digits' 64 pixel features run from 0 to 16; a ``MinMaxScaler`` brings them to [0, 1]
 and ``jaxclust.DEPICT`` reads each row as an 8x8 image. The pipeline is an ordinary
