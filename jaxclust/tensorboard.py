@@ -83,7 +83,10 @@ def event_writer(workdir: str | pathlib.Path | None, *, verbosity: int = 1) -> E
     return NoEvents()
   workdir = pathlib.Path(workdir)
   logdir = workdir / EVENTS_DIR
-  if not (workdir / "metrics.jsonl").exists() and logdir.is_dir():
-    for stale in logdir.glob("events.out.tfevents.*"):
-      stale.unlink()
-  return EventWriter(logdir)
+  try:
+    if not (workdir / "metrics.jsonl").exists() and logdir.is_dir():
+      for stale in logdir.glob("events.out.tfevents.*"):
+        stale.unlink()
+    return EventWriter(logdir)
+  except OSError:  # an unwritable workdir: the checkpoints report it in one clear line
+    return NoEvents()
