@@ -35,6 +35,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxclust import metrics as metrics_lib
+from jaxclust import parallel
 from jaxclust.checkpoint import Checkpointer
 from jaxclust.errors import CheckpointError, ConfigError, TrainingError
 from jaxclust.tensorboard import event_writer
@@ -253,14 +254,19 @@ class Engine:
     self.trace_counts: dict[str, int] = {}
 
     cfg = self.config
+    # Data parallel over every device: minibatches and evaluation chunks are split over the
+    # mesh's "data" axis, padded with weight-0 rows to a multiple of the device count.
+    self.mesh = parallel.make_mesh()
     self.batch_size = min(cfg.batch_size, self.n)
+    self.device_batch = parallel.round_up(self.batch_size, self.mesh.size)
     self.steps_per_epoch = math.ceil(self.n / self.batch_size)
-    self.eval_chunk = min(cfg.eval_batch_size, self.n)
+    self.eval_chunk = parallel.round_up(min(cfg.eval_batch_size, self.n), self.mesh.size)
     self.n_chunks = math.ceil(self.n / self.eval_chunk)
     # Padded once so every evaluation chunk has the same shape.
     pad = self.n_chunks * self.eval_chunk - self.n
     x = np.asarray(x, np.float32)
-    self.x = jax.device_put(np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]))
+    self.x = jax.device_put(np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]),
+                            parallel.replicated(self.mesh))
     self.epoch_mode = cfg.epoch_mode
     if self.epoch_mode == "auto":
       # Measured (BENCHMARKS.md): XLA:CPU runs convolutions inside scan bodies several times
@@ -287,7 +293,9 @@ class Engine:
     index[: self.n] = order
     weights = np.zeros(total, np.float32)
     weights[: self.n] = 1.0
-    return index.reshape(self.steps_per_epoch, self.batch_size), weights.reshape(self.steps_per_epoch, self.batch_size)
+    shape = (self.steps_per_epoch, self.batch_size)
+    pad = ((0, 0), (0, self.device_batch - self.batch_size))  # weight-0 rows for the device count
+    return np.pad(index.reshape(shape), pad), np.pad(weights.reshape(shape), pad)
 
   # -- compiled functions
 
@@ -300,8 +308,9 @@ class Engine:
     def make_step(loss_fn, optimizer, name):
       def step(state, x_all, targets_all, index, weights, key):
         self._count_trace(name)
-        batch = {"x": jnp.take(x_all, index, axis=0), "weights": weights, "index": index,
-                 "dataset": x_all}
+        index, weights = parallel.constrain_batch((index, weights), self.mesh)
+        batch = {"x": parallel.constrain_batch(jnp.take(x_all, index, axis=0), self.mesh), "weights": weights,
+                 "index": index, "dataset": x_all}
         targets = jax.tree.map(lambda t: jnp.take(t, index, axis=0), targets_all)
 
         def objective(params):
@@ -356,7 +365,7 @@ class Engine:
       def apply(params, x_all, start):
         self._count_trace(name)
         x = jax.lax.dynamic_slice_in_dim(x_all, start, chunk, axis=0)
-        return fn(params, x)
+        return fn(params, parallel.constrain_batch(x, self.mesh))
 
       return jax.jit(apply)
 
@@ -394,11 +403,11 @@ class Engine:
     weights); returns the new state and the mean of each loss term."""
     index, weights = self._epoch_indices(phase, counter, epoch) if indices is None else indices
     key = self._key(phase, counter, epoch)
+    index, weights = jax.device_put((index, weights), parallel.sharded(self.mesh, axis=1))
     if self.epoch_mode == "scan":
       state, terms = self._epochs[phase](state, self.x, targets, index, weights, key)
     else:
       step = self._steps[phase]
-      index, weights = jax.device_put(index), jax.device_put(weights)
       collected = []
       with self.logger.progress(index.shape[0], desc) as bar:
         for s in range(index.shape[0]):
@@ -433,6 +442,9 @@ class Engine:
 
     shapes = jax.eval_shape(targets_of, params)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def _replicate(self, tree: PyTree) -> PyTree:
+    return parallel.replicate(tree, self.mesh)
 
   def _checkpoint_step(self, phase: int, counter: int) -> int:
     return counter if phase == WARMUP else self.config.warmup_epochs + 1 + counter
@@ -471,15 +483,16 @@ class Engine:
 
   def _fit(self, checkpointer: Checkpointer | None, start: float) -> FitResult:
     cfg = self.config
-    params = self.algo.init(self._key(99, 0), self.x[: self.batch_size])
-    state = self._state_template(params, WARMUP)
+    # One compiled program instead of one small compilation per layer initialiser.
+    params = jax.jit(self.algo.init)(self._key(99, 0), self.x[: self.batch_size])
+    state = self._replicate(self._state_template(params, WARMUP))
     resumed_step = None if checkpointer is None else checkpointer.latest_step()
     if resumed_step is not None:
       phase = WARMUP if resumed_step <= cfg.warmup_epochs else CLUSTERING
-      state = checkpointer.restore(resumed_step, self._state_template(params, phase))
+      state = checkpointer.restore(resumed_step, self._replicate(self._state_template(params, phase)))
       print(f"resuming from checkpoint step {resumed_step} in {checkpointer.directory}", file=sys.stderr)
     elif cfg.pretrained:
-      params = self._load_pretrained(params)
+      params = self._replicate(self._load_pretrained(params))
       state = {**state, "params": params, "counter": jnp.int32(cfg.warmup_epochs)}
       self.logger.log({"phase": "pretrained", "source": str(cfg.pretrained), "seconds": time.time() - start})
 
@@ -506,9 +519,9 @@ class Engine:
       t0 = time.time()
       features = np.asarray(self.embed(train_state["params"]))
       params, targets = self.algo.init_clusters(train_state["params"], features, self._key(99, 1))
-      targets = self._fix_labeled(targets, None)
+      targets = self._replicate(self._fix_labeled(targets, None))
       assignments = jnp.argmax(_distributions(targets), axis=-1).astype(jnp.int32)
-      train_state = {"params": params, "opt_state": self.optimizers[CLUSTERING].init(params)}
+      train_state = self._replicate({"params": params, "opt_state": self.optimizers[CLUSTERING].init(params)})
       self.logger.log({"phase": "init", "round": 0, **self._scores(np.asarray(assignments)),
                        "seconds": time.time() - t0})
       if cfg.init_epochs:
@@ -631,7 +644,7 @@ class Engine:
         since_best += 1
         if since_best >= cfg.init_patience:
           break
-    return {"params": best_params, "opt_state": self.optimizers[CLUSTERING].init(best_params)}
+    return self._replicate({"params": best_params, "opt_state": self.optimizers[CLUSTERING].init(best_params)})
 
   # -- semi-supervised mode (DEPICT section 4.4)
 
