@@ -1,22 +1,31 @@
 """Networks: conv arithmetic, DEPICT Table 5 shapes, transposed convolution semantics
 (checked against a NumPy scatter loop and as the adjoint of the strided convolution),
-dropout/clean pathways, output ranges and Xavier initialisation.
+dropout/clean pathways, output ranges and Xavier initialisation; the adjoint gradients of
+the strided and transposed convolutions against autodiff and finite differences.
 """
 
 import functools
 import itertools
 
+import chex
+import flax.linen as flax_nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
+from jaxclust import nn as jnn
+from jaxclust.configs.depict import DATASET_SETTINGS
 from jaxclust.nn import (
     ConvAutoencoder,
     ConvEncoder,
     ConvSpec,
+    StridedConv,
     TransposedConv,
+    conv,
     conv_output_size,
+    conv_transpose,
     encoder_shapes,
 )
 
@@ -90,7 +99,7 @@ TABLE5 = {
 
 
 def test_conv_output_size_matches_window_count():
-  for n, k, s, p in itertools.product(range(1, 20), range(1, 6), range(1, 4), range(0, 3)):
+  for n, k, s, p in itertools.product(range(1, 20), range(1, 6), range(1, 4), range(3)):
     if n + 2 * p < k:
       continue
     expect = ref_conv_output_size(n, k, s, p)
@@ -173,7 +182,7 @@ TCONV_CASES = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tconv(k, s, c, hw, extra, cin=2, cout=3, batch=2, seed=0):
   natural = [(n - 1) * s + k - 2 * c for n in hw]
   out_size = (natural[0] + extra[0], natural[1] + extra[1])
@@ -363,3 +372,215 @@ def test_xavier_initialisation():
   tkernel = jax.jit(tconv.init)(key(1), jnp.zeros((1, 4, 4, cout)))["params"]["kernel"]
   assert tkernel.shape == (k, k, cout, cin)
   _check_xavier(tkernel, k * k * cout, k * k * cin)
+
+
+# ---------------------------------------------------------------------------- adjoint gradients
+
+# Image shapes of DEPICT's datasets (paper 000, Table 5 and Sec. 4.1).
+DEPICT_IMAGES = {"mnist": (28, 28, 1), "usps": (16, 16, 1), "frgc": (32, 32, 3), "ytf": (55, 55, 3),
+                 "cmu-pie": (32, 32, 1), "digits": (8, 8, 1)}
+
+
+def _layer_geometries():
+  """name: ``(size, reduced, k, s, p)`` of every conv layer of every DEPICT config on its
+  dataset's images and of the odd sizes above (``ODD``), and of every ``TCONV_CASES`` case:
+  the strided convolution maps ``size`` (its input; the transposed one's output) to ``reduced``
+  with kernel ``k``, stride ``s`` and padding ``p``."""
+  nets = {name: (image, [ConvSpec(4, *layer) for layer in zip(
+      *(DATASET_SETTINGS[name][key] for key in ("kernel_sizes", "strides", "paddings")))])
+          for name, image in DEPICT_IMAGES.items()}
+  nets.update(ODD)
+  geometries = {}
+  for name, (image, convs) in nets.items():
+    shapes = encoder_shapes(image, convs)
+    for layer, spec in enumerate(convs):
+      geometries[f"{name}-layer{layer + 1}"] = (shapes[layer][:2], shapes[layer + 1][:2], spec.kernel_size,
+                                                spec.stride, spec.padding)
+  for k, s, c, hw, extra in TCONV_CASES:
+    size = tuple((n - 1) * s + k - 2 * c + e for n, e in zip(hw, extra))
+    geometries[f"k{k}-s{s}-crop{c}-{hw[0]}x{hw[1]}-extra{extra[0]}{extra[1]}"] = (size, hw, k, s, c)
+  geometries["stride-longer-than-kernel"] = ((8, 9), (3, 3), 2, 3, 0)
+  return geometries
+
+
+GEOMETRIES = _layer_geometries()
+
+
+def _rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _transposed_setup(name, dtype=jnp.float32, batch=2, seed=0):
+  """A transposed convolution's input ``x``, kernel and output gradient ``dy`` for geometry
+  ``name``, with 17 input and 20 output channels: more than 16, so that conv_transpose's
+  "auto" picks its per-phase or subpixel form and XLA:CPU pads the channels to 32."""
+  size, reduced, k, s, p = GEOMETRIES[name]
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch, *reduced, 17)), dtype)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 17, 20)) / k, dtype)
+  dy = jnp.asarray(rng.normal(size=(batch, *size, 20)), dtype)
+  return x, kernel, dy, (s, p, size)
+
+
+def _vjps(functions, *args):
+  """``{name: (f(*args[:-1]), its VJP at the cotangent args[-1])}`` (traceable)."""
+  out = {}
+  for name, f in functions.items():
+    y, pullback = jax.vjp(f, *args[:-1])
+    out[name] = (y, pullback(args[-1]))
+  return out
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_adjoint_gradients_equal_autodiff(name):
+  """conv_transpose, every method: the adjoint VJP has the forward pass of the plain form, bit
+  for bit, and its gradients equal jax's gradient of the plain form and of the dilated form.
+  conv: the forward pass of lax.conv up to rounding (XLA:CPU computes padded channels), and
+  the adjoint gradients equal jax's gradient of lax.conv."""
+  x, kernel, dy, (s, p, size) = _transposed_setup(name)
+  methods = ["auto", "dilated"] + (["subpixel"] if kernel.shape[0] >= s else [])  # subpixel: k >= s
+  transposed = {(method, gradient): functools.partial(
+      conv_transpose, stride=s, crop=p, output_size=size, method=method, gradient=gradient)
+      for method in methods for gradient in ("adjoint", "autodiff")}
+  strided = {gradient: functools.partial(conv, stride=s, padding=p, gradient=gradient)
+             for gradient in ("adjoint", "autodiff")}
+  w = kernel.transpose(0, 1, 3, 2)  # the strided convolution: dy's size to x's, 20 -> 17 channels
+  results, strided_results = jax.jit(lambda *a: (_vjps(transposed, *a[:3]), _vjps(strided, *a[3:])))(
+      x, kernel, dy, dy, w, x)
+
+  reference_y, reference_grads = results["dilated", "autodiff"]
+  assert reference_y.shape == dy.shape
+  for method in methods:
+    y, grads = results[method, "adjoint"]
+    plain_y, plain_grads = results[method, "autodiff"]
+    np.testing.assert_array_equal(y, plain_y)
+    assert _rel_err(y, reference_y) < 1e-5, method
+    for g, plain, reference in zip(grads, plain_grads, reference_grads):
+      assert g.shape == plain.shape
+      assert _rel_err(g, plain) < 1e-5, method
+      assert _rel_err(g, reference) < 1e-5, method
+
+  (u, grads), (plain_u, plain_grads) = strided_results["adjoint"], strided_results["autodiff"]
+  assert u.shape == x.shape
+  assert _rel_err(u, plain_u) < 1e-5
+  for g, plain in zip(grads, plain_grads):
+    assert g.shape == plain.shape
+    assert _rel_err(g, plain) < 1e-5
+
+
+def _distinct_geometries():
+  """One geometry name per distinct (kernel, stride, padding, output padding per axis)."""
+  seen = {}
+  for name in sorted(GEOMETRIES):
+    size, reduced, k, s, p = GEOMETRIES[name]
+    extra = tuple(n - ((r - 1) * s + k - 2 * p) for n, r in zip(size, reduced))
+    seen.setdefault((k, s, p, extra), name)
+  return sorted(seen.values())
+
+
+@pytest.mark.parametrize("name", _distinct_geometries())
+def test_adjoint_gradients_match_finite_differences_in_float64(name):
+  """Both VJPs against finite differences, once per distinct kernel, stride, padding and output
+  padding (the transposed convolution's backward pass does not depend on its forward form)."""
+  with jax.enable_x64(True):
+    x, kernel, dy, (s, p, size) = _transposed_setup(name, jnp.float64, batch=1)
+    check_grads(jax.jit(functools.partial(conv_transpose, stride=s, crop=p, output_size=size)), (x, kernel),
+                order=1, modes=["rev"])
+    check_grads(jax.jit(functools.partial(conv, stride=s, padding=p)), (dy, kernel.transpose(0, 1, 3, 2)),
+                order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("name", ["mnist-layer1", "mnist-layer2", "ytf-layer1", "ytf-layer2", "digits-layer2",
+                                  "k3-s2-crop3-5x4-extra11", "stride-longer-than-kernel"])
+def test_other_backends_forms_equal_autodiff(name, monkeypatch):
+  """The forms lowered for backends other than the CPU (plain XLA convolutions), run here on
+  the CPU by forcing their branch."""
+  monkeypatch.setattr(jnn, "_by_backend", lambda cpu, default, *args: default(*args))
+  x, kernel, dy, (s, p, size) = _transposed_setup(name)
+  transposed = jax.jit(functools.partial(_vjps, {g: functools.partial(
+      conv_transpose, stride=s, crop=p, output_size=size, gradient=g) for g in ("adjoint", "autodiff")}))(x, kernel, dy)
+  strided = jax.jit(functools.partial(_vjps, {g: functools.partial(conv, stride=s, padding=p, gradient=g)
+                                              for g in ("adjoint", "autodiff")}))(dy, kernel.transpose(0, 1, 3, 2), x)
+  for results in (transposed, strided):
+    (y, grads), (plain_y, plain_grads) = results["adjoint"], results["autodiff"]
+    np.testing.assert_array_equal(y, plain_y)
+    for g, plain in zip(grads, plain_grads):
+      assert _rel_err(g, plain) < 1e-5
+
+
+@pytest.mark.parametrize("spec", [ConvSpec(50, 4, 2, 0), ConvSpec(50, 5, 2, 2), ConvSpec(20, 5, 2, 2),
+                                  ConvSpec(6, 3, 1, 1)])
+def test_strided_conv_is_flax_conv(spec):
+  """StridedConv has nn.Conv's parameters, initial values, output and gradients (the encoder
+  swapped one for the other)."""
+  ours = StridedConv(spec.features, spec.kernel_size, spec.stride, spec.padding)
+  theirs = flax_nn.Conv(spec.features, (spec.kernel_size,) * 2, strides=(spec.stride,) * 2,
+                        padding=[(spec.padding, spec.padding)] * 2, kernel_init=jnn.xavier)
+  x = normal(0, (3, 13, 13, 7))
+  params = jax.jit(ours.init)(key(0), x)
+  chex.assert_trees_all_equal(params, jax.jit(theirs.init)(key(0), x))
+  params = jax.tree.map(lambda p: p + normal(1, p.shape), params)  # a non-zero bias too
+  cotangent = normal(2, jax.eval_shape(ours.apply, params, x).shape)
+
+  def grads(module):
+    return jax.jit(lambda p, x: jax.grad(lambda p, x: jnp.vdot(module.apply(p, x), cotangent), (0, 1))(p, x))(params, x)
+
+  assert _rel_err(jax.jit(ours.apply)(params, x), jax.jit(theirs.apply)(params, x)) < 1e-6
+  for g, plain in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs))):
+    assert _rel_err(g, plain) < 1e-5
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "ytf"])
+def test_autoencoder_adjoint_gradients_equal_autodiff(dataset):
+  """DEPICT's whole network (both pathways and the decoder, 20 and 17 feature maps): the loss
+  and every parameter's gradient with the adjoint gradients equal those with autodiff of the
+  plain forms, for each transposed-convolution form."""
+  settings = DATASET_SETTINGS[dataset]
+  convs = tuple(ConvSpec(f, *layer) for f, layer in zip((20, 17), zip(
+      *(settings[key] for key in ("kernel_sizes", "strides", "paddings")))))
+  image = (24, 23, 3) if dataset == "ytf" else DEPICT_IMAGES[dataset]  # YTF's layers, output padding
+  x = normal(0, (3, *image))
+
+  def loss_and_grads(params):
+    out = {}
+    for form, gradient in itertools.product(("auto", "dilated", "subpixel"), ("adjoint", "autodiff")):
+      model = ConvAutoencoder(image, convs, 4, transposed_conv=form, conv_gradient=gradient)
+
+      def loss(params, model=model):
+        _, decoded, logits = model.apply(params, x, train=True, rngs={"dropout": key(2)})
+        clean = model.apply(params, x, method=ConvAutoencoder.encode)
+        return sum(jnp.mean(jnp.square(c - d)) for c, d in zip(clean[:-1], decoded)) + jnp.mean(logits ** 2)
+
+      out[form, gradient] = jax.value_and_grad(loss)(params)
+    return out
+
+  params = ConvAutoencoder(image, convs, 4).init(key(1), x)
+  results = jax.jit(loss_and_grads)(params)
+  reference_loss, reference_grads = results["dilated", "autodiff"]
+  for (form, gradient), (loss, grads) in results.items():
+    np.testing.assert_allclose(loss, reference_loss, rtol=1e-5, err_msg=f"{form} {gradient}")
+    chex.assert_trees_all_equal_structs(grads, reference_grads)
+    for g, reference in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
+      assert _rel_err(g, reference) < 1e-4, (form, gradient)
+
+
+def test_train_step_with_adjoint_gradients_compiles_once():
+  image_shape = (28, 28, 1)
+  model = ConvAutoencoder(image_shape, tuple(mnist_convs((8, 8))), 4)
+  params = jax.jit(model.init)(key(0), jnp.zeros((4, *image_shape)))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, x, rng):
+    def loss(params):
+      _, decoded, logits = model.apply(params, x, train=True, rngs={"dropout": rng})
+      return jnp.mean(jnp.square(decoded[0] - x)) + jnp.mean(logits ** 2)
+
+    grads = jax.grad(loss)(params)
+    return jax.tree.map(lambda p, g: p - 0.01 * g, params, grads)
+
+  for seed in range(3):
+    params = step(params, normal(seed, (4, *image_shape)), key(seed))
+  assert step._cache_size() == 1
+  assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
