@@ -8,6 +8,7 @@ progress. Algorithm 1 of DEPICT is the shape of the loop:
   initialise clusters                    ``embed`` over the dataset, ``init_clusters``
   repeat for round r = 1, 2, ...:
     M-step                               ``m_step_loss`` for ``epochs_per_round`` epochs
+    (re-cluster, optional)               ``embed`` over the dataset, ``update_clusters``
     E-step                               ``predict`` over the dataset, ``e_step``
   until the fraction of changed assignments < ``tol`` or r = ``max_rounds``
 
@@ -97,7 +98,8 @@ class TrainConfig:
 
 
 class Algorithm(abc.ABC):
-  """The contract an algorithm fulfils; all methods but ``init_clusters`` are traced by jit.
+  """The contract an algorithm fulfils; all methods but ``init_clusters`` and
+  ``update_clusters`` are traced by jit.
 
   ``batch`` arguments are dicts with ``x`` (``[B, ...]`` inputs), ``weights`` (``[B]``, 0 for
   padding rows), ``index`` (``[B]`` positions in the dataset) and ``dataset`` (the whole
@@ -145,6 +147,21 @@ class Algorithm(abc.ABC):
     Returns ``(params, targets)``: parameters with the clustering layer set, and the targets
     ``[N, K]`` of the first M-step.
     """
+
+  def update_clusters(self, params: PyTree, features: np.ndarray, rng: jax.Array) -> PyTree:
+    """Optional: re-clusters the whole dataset's features ``[N, D]`` (``embed`` output) after
+    each round's M-step, before its E-step; returns the parameters with the clustering set.
+
+    For algorithms whose assignments come from clustering the network's outputs rather than
+    from a head trained with them (SpectralNet: k-means on the spectral embedding). Runs
+    outside jit, like ``init_clusters``; ``rng`` is a function of the seed and the round, so
+    a resumed run draws what an uninterrupted one does. The parameters returned must keep
+    the structure, shapes and dtypes of ``params`` (the step functions compile once). The
+    engine runs the extra ``embed`` pass only for algorithms that override this method; the
+    default returns ``params``.
+    """
+    del features, rng
+    return params
 
   @abc.abstractmethod
   def predict(self, params: PyTree, x: jax.Array) -> jax.Array | dict:
@@ -551,6 +568,7 @@ class Engine:
         self._check_finite(terms, f"round {rnd}", checkpointer)
         for k, v in terms.items():
           totals[k] = totals.get(k, 0.0) + v / cfg.epochs_per_round
+      train_state = self._update_clusters(train_state, rnd)
       # E-step (Algorithm 1, lines 4-5) on the clean pathway.
       predicted = self.predict(train_state["params"])
       soft = soft_assignments_of(predicted)
@@ -579,6 +597,15 @@ class Engine:
         history=self.logger.history,
         seconds=time.time() - start,
     )
+
+  def _update_clusters(self, train_state: dict, rnd: int) -> dict:
+    """``Algorithm.update_clusters`` on the whole dataset's embeddings, where the algorithm
+    defines it; the optimizer state is kept, the new parameters are replicated like the old."""
+    if type(self.algo).update_clusters is Algorithm.update_clusters:
+      return train_state
+    features = np.asarray(self.embed(train_state["params"]))
+    params = self.algo.update_clusters(train_state["params"], features, self._key(99, 2, rnd))
+    return {**train_state, "params": self._replicate(params)}
 
   def _load_pretrained(self, like: PyTree) -> PyTree:
     """The warmed-up parameters of the run in ``config.pretrained``, checked against ``like``.

@@ -2,13 +2,14 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxclust import data, metrics
 from jaxclust.algos import depict
-from jaxclust.engine import Engine
+from jaxclust.engine import MODEL_STATE, Algorithm, Engine, TrainConfig
 from jaxclust.errors import ConfigError, TrainingError
 from jaxclust.targets import depict_target
 from tests.helpers import TINY, interrupt_fit, pattern_images
@@ -169,3 +170,85 @@ def test_semi_supervised_targets_are_fixed_to_the_best_map_cluster():
 def test_bad_configs(overrides, match):
   with pytest.raises(ConfigError, match=match):
     make_engine(labels="n_labeled" not in overrides, **overrides)
+
+
+# -- the optional per-round re-clustering hook, Algorithm.update_clusters
+
+
+class ThresholdAlgorithm(Algorithm):
+  """Two clusters split by a threshold on the first pixel, which ``update_clusters`` sets
+  after every round from the whole dataset's embeddings and its rng; training moves the
+  embeddings (``x + w``), so each round's threshold differs."""
+
+  def __init__(self):
+    self.config = TrainConfig(n_clusters=2, warmup_epochs=1, max_rounds=3, batch_size=16, tol=0.0)
+    self.calls = []  # (embeddings, key data) of each update_clusters call
+
+  def init(self, rng, example_x):
+    return {"w": jnp.zeros(()), MODEL_STATE: {"threshold": jnp.zeros(())}}
+
+  def warmup_loss(self, params, batch, rng):
+    return jnp.square(params["w"]), {}
+
+  def embed(self, params, x):
+    return x.reshape(x.shape[0], -1)[:, :1] + params["w"]
+
+  def init_clusters(self, params, features, rng):
+    return params, jax.nn.one_hot(jnp.asarray(features[:, 0] > 0.5, jnp.int32), 2)
+
+  def update_clusters(self, params, features, rng):
+    self.calls.append((features.copy(), np.asarray(jax.random.key_data(rng))))
+    threshold = np.quantile(features[:, 0], 0.3 + 0.4 * float(jax.random.uniform(rng)))
+    return {**params, MODEL_STATE: {"threshold": jnp.asarray(threshold, jnp.float32)}}
+
+  def predict(self, params, x):
+    above = self.embed(params, x)[:, 0] > params[MODEL_STATE]["threshold"]
+    return jax.nn.one_hot(above.astype(jnp.int32), 2)
+
+  def e_step(self, soft):
+    return soft
+
+  def m_step_loss(self, params, batch, targets, rng):
+    return jnp.square(params["w"] - 0.5), {}
+
+
+def threshold_engine(workdir=None):
+  x = np.random.default_rng(0).uniform(size=(40, 2, 2, 1)).astype(np.float32)
+  return Engine(ThresholdAlgorithm(), x, workdir=workdir, verbosity=0)
+
+
+def test_update_clusters_runs_before_each_e_step_on_the_whole_datasets_embeddings():
+  engine = threshold_engine()
+  result = engine.fit()
+  calls = engine.algo.calls
+  assert len(calls) == 3  # once per round
+  params = result.params
+  # The last call saw the final parameters' embeddings, and the E-step used its threshold.
+  np.testing.assert_allclose(calls[-1][0], np.asarray(engine.embed(params)), rtol=1e-6)
+  threshold = float(params[MODEL_STATE]["threshold"])
+  np.testing.assert_array_equal(result.assignments, (calls[-1][0][:, 0] > threshold).astype(np.int32))
+  # Its randomness is a function of (seed, round).
+  for rnd, (_, key_data) in enumerate(calls, start=1):
+    np.testing.assert_array_equal(key_data, jax.random.key_data(engine._key(99, 2, rnd)))
+  assert engine.trace_counts["embed"] == 1
+
+
+def test_update_clusters_is_skipped_where_the_algorithm_does_not_define_it(monkeypatch):
+  engine = make_engine(max_rounds=1)
+
+  def no_embed(params):
+    raise AssertionError("embed pass without update_clusters")
+
+  state = {"params": {"w": jnp.ones(())}, "opt_state": ()}
+  monkeypatch.setattr(engine, "embed", no_embed)
+  assert engine._update_clusters(state, 1) is state
+
+
+def test_update_clusters_resumes_exactly(tmp_path, monkeypatch):
+  uninterrupted = threshold_engine().fit()
+  interrupt_fit(monkeypatch, lambda: threshold_engine(workdir=tmp_path), at_epoch=3)  # dies in round 2
+  resumed_engine = threshold_engine(workdir=tmp_path)
+  resumed = resumed_engine.fit()
+  np.testing.assert_array_equal(resumed.assignments, uninterrupted.assignments)
+  assert float(resumed.params[MODEL_STATE]["threshold"]) == float(uninterrupted.params[MODEL_STATE]["threshold"])
+  assert len(resumed_engine.algo.calls) == 2  # rounds 2 and 3
