@@ -122,3 +122,14 @@ class ICS(_ClusterEstimator):
   """
 
   _algo = "ics"
+
+
+class SpectralNet(_ClusterEstimator):
+  """SpectralNet (Shaham et al., ICLR 2018) on an autoencoder's code space: a network whose
+  orthonormalized outputs approximate the kNN graph Laplacian's eigenvectors, then k-means.
+
+  Args: as :class:`DEPICT`; ``config`` overrides
+  :class:`jaxclust.algos.spectralnet.SpectralNetConfig` fields.
+  """
+
+  _algo = "spectralnet"
