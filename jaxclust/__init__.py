@@ -12,7 +12,8 @@ from jaxclust.data import Dataset, load_dataset
 from jaxclust.engine import Algorithm, Engine, FitResult, TrainConfig
 from jaxclust.errors import CheckpointError, ConfigError, DataError, JaxclustError, TrainingError
 from jaxclust import augment
-from jaxclust.estimator import DEC, DEPICT, ICS, IDEC, SpectralNet
+from jaxclust.algos.dscdan import mixture_kl
+from jaxclust.estimator import DEC, DEPICT, DSCDAN, ICS, IDEC, SpectralNet
 from jaxclust.heads import softmax_assign, softmax_logits, student_t_assign
 from jaxclust.losses import (
     batch_permutation,
@@ -62,6 +63,7 @@ __all__ = [
     "TrainingError",
     "DEC",
     "DEPICT",
+    "DSCDAN",
     "ICS",
     "IDEC",
     "SpectralNet",
@@ -96,6 +98,7 @@ __all__ = [
     "batch_permutation",
     "shuffle_within_batch",
     "gaussian_kl",
+    "mixture_kl",
     "sample_gaussian",
     "multiplicative_gaussian_noise",
     "sum_squared_error",

@@ -133,3 +133,14 @@ class SpectralNet(_ClusterEstimator):
   """
 
   _algo = "spectralnet"
+
+
+class DSCDAN(_ClusterEstimator):
+  """DSCDAN (Yang et al., CVPR 2019): a dual autoencoder with mutual-information and prior
+  terms, trained jointly with a SpectralNet-style clustering network.
+
+  Args: as :class:`DEPICT`; ``config`` overrides :class:`jaxclust.algos.dscdan.DscdanConfig`
+  fields.
+  """
+
+  _algo = "dscdan"

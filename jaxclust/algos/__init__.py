@@ -5,11 +5,12 @@ Each module has a ``Config`` dataclass and an ``ALGORITHM`` class built as
 ``dataset_settings(dataset, image_shape)``.
 """
 
-from jaxclust.algos import dec, depict, ics, idec, spectralnet
+from jaxclust.algos import dec, depict, dscdan, ics, idec, spectralnet
 
 REGISTRY = {
     "dec": dec,
     "depict": depict,
+    "dscdan": dscdan,
     "ics": ics,
     "idec": idec,
     "spectralnet": spectralnet,
