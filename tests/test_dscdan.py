@@ -16,7 +16,7 @@ from jaxclust.algos import dscdan
 from jaxclust.engine import MODEL_STATE, Engine
 from jaxclust.errors import ConfigError
 from tests.helpers import interrupt_fit
-from tests.test_spectralnet import check_estimator, patterns
+from tests.test_spectralnet import check_cli, check_estimator, patterns
 from tests.test_spectralnet import numpy_affinity as affinity
 from tests.test_spectralnet import numpy_orthonorm as orthonorm
 
@@ -323,3 +323,7 @@ def test_bad_configs(overrides, match):
 
 def test_estimator():
   check_estimator(jaxclust.DSCDAN, SMALL)
+
+
+def test_cli(tmp_path):
+  check_cli("dscdan", {**SMALL, "max_rounds": 1}, tmp_path)

@@ -3,13 +3,15 @@ rows, the orthogonalization batch, frozen codes, which weights the gradient reac
 orthonormal outputs at prediction time, the per-round k-means, compile-once, learning,
 resume, bad configs."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxclust
-from jaxclust import data, metrics
+from jaxclust import cli, data, metrics
 from jaxclust.algos import spectralnet
 from jaxclust.engine import MODEL_STATE, Engine
 from jaxclust.errors import ConfigError
@@ -277,3 +279,21 @@ def check_estimator(estimator, config):
 
 def test_estimator():
   check_estimator(jaxclust.SpectralNet, {**SMALL, "max_rounds": 1})
+
+
+def check_cli(algo, config, tmp_path):
+  """``bin/train --algo ALGO`` on an npz of the patterns writes its summary and assignments."""
+  x, y = pattern_images()
+  path = tmp_path / "patterns.npz"
+  np.savez(path, x=(x * 255).astype(np.uint8), y=y)
+  overrides = [arg for k, v in config.items() for arg in ("--set", f"{k}={v!r}")]
+  workdir = tmp_path / "run"
+  assert cli.main(["--algo", algo, "--dataset", f"npz:{path}", "--workdir", str(workdir), "--quiet",
+                   *overrides]) == 0
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["algo"] == algo and summary["rounds"] == config["max_rounds"]
+  assert summary["acc"] == pytest.approx(metrics.acc(y, np.load(workdir / "assignments.npy")))
+
+
+def test_cli(tmp_path):
+  check_cli("spectralnet", {**SMALL, "max_rounds": 1}, tmp_path)

@@ -72,8 +72,14 @@ phase) decides:
   network); discriminators :class:`jaxclust.nn.GlobalDiscriminator` and
   :class:`jaxclust.nn.LocalDiscriminator` with three ReLU layers as wide as the latent code
   (the code's global one; its local one is commented out).
-- Adam at lr 1e-3 (Keras's default, both phases); batch 1024 for the joint phase (``run.py``).
-  Our rounds are 100 steps (the code reports every 10 and runs at most 500 x 10 = 5000).
+- Adam at lr 1e-3 (Keras's default, both phases); batch 1024 for the joint phase (``run.py``);
+  the engine has one batch size, so the warm-up uses it too (the code pretrains in batches of
+  100). Rounds of 100 steps, at most 50: the code's at most 500 x 10 = 5000 steps. It stops
+  when its loss changes by less than 1e-4; we stop when fewer than 1% of the assignments
+  change (``tol=0.01``, as :mod:`jaxclust.algos.spectralnet` does and for the same reason).
+- Warm-up length (neither gives one that fits; ``ConvAE.py`` calls ``fit`` without an epoch
+  count): 50 epochs of MNIST-sized data, 200 for the 10k-sample sets and the digits
+  (batches of 256 there: 1024 would be more than half the dataset).
 
 Where the paper and the code differ, the paper's form is the default and the code's an
 option:
