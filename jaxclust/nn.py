@@ -334,21 +334,23 @@ def conv_transpose(
   - ``"subpixel"``: one stride-1 convolution with ``stride**2`` times the output channels,
     each output phase ``r`` using the taps ``K[r + stride * m]`` (zero taps where the kernel
     does not divide into the stride), then depth-to-space.
-  - ``"auto"``: the form measured fastest for the backend. On XLA:CPU, one stride-1
-    convolution per output phase with only that phase's taps, computing only the rows the
-    crop keeps, with the output channels padded to a multiple of 32 (for DEPICT's MNIST
-    ``deconv2``, 7x7x50 -> 13x13x50 at batch 100: 8.5 ms against 18 ms dilated and 13 ms
-    subpixel, on one thread of a 2-core AVX-512 Xeon, jax 0.10); ``"dilated"`` where the
-    output has at most 16 channels and on other backends.
+  - ``"auto"``: the form measured fastest for the backend. On XLA:CPU, by the kernel's shape
+    (:func:`_conv_transpose_auto`): one stride-1 convolution per output phase with only that
+    phase's taps and the output channels padded to a multiple of 32 (DEPICT's MNIST
+    ``deconv2``, 7x7x50 -> 13x13x50 at batch 100: 7.5 ms against 17 ms dilated and 12 ms
+    subpixel), subpixel where the kernel size is a multiple of the stride, dilated for at most
+    16 output channels; dilated on other backends.
 
   ``gradient`` picks the backward pass. ``"autodiff"`` differentiates the forward form.
   ``"adjoint"`` (a ``jax.custom_vjp``, same forward) uses that ``y`` is the adjoint of the
   strided convolution ``S(.; W)`` with ``W = K.transpose(0, 1, 3, 2)``: the input gradient
   is ``S(dy; W)`` and the kernel gradient is ``S``'s kernel gradient with ``dy`` as its input
-  and ``x`` as its output gradient; both are strided convolutions without a dilated input.
-  Measured on XLA:CPU (as above): ``deconv2``'s forward and backward take 58-66 ms against
-  211 ms with autodiff of the dilated form (its kernel gradient alone: 15 ms against about
-  270 ms), and DEPICT's whole train step 1.4x less time.
+  and ``x`` as its output gradient; neither convolves over a zero-dilated input, as autodiff
+  of either form does for the kernel gradient. Measured on XLA:CPU (jax 0.10, one thread of a
+  2-core AVX-512 Xeon, batch 100, ``benchmarks/step_time.py --layers``): ``deconv2``'s kernel
+  gradient takes 12 ms against 111 ms by autodiff of the dilated form and 246 ms of the
+  subpixel one, its forward and backward pass 33 ms (auto) against 149 ms, and DEPICT's whole
+  train step half the time.
 
   Args:
     x: ``[N, H, W, C_in]``.
@@ -400,9 +402,11 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, *, gradient
   ``gradient="adjoint"`` (a ``jax.custom_vjp``) computes the input gradient as the transposed
   convolution (:func:`conv_transpose`, ``method="auto"``) and the kernel gradient as the
   plain kernel gradient, both in XLA:CPU's fast forms (see the comment above
-  :func:`_strided`): DEPICT's MNIST ``conv2`` (13x13x50 -> 7x7x50, 5x5, batch 100) forward
-  and backward take 28 ms against 47 ms with ``"autodiff"``, XLA's own gradient, which
-  convolves over the zero-dilated output gradient (one thread, as in :func:`conv_transpose`).
+  :func:`_strided`); the forward pass may differ from ``"autodiff"``'s (the plain
+  ``lax.conv``) by float32 rounding where XLA:CPU computes padded channels. DEPICT's MNIST
+  ``conv2`` (13x13x50 -> 7x7x50, 5x5, batch 100) forward and backward take 32 ms against
+  52 ms with ``"autodiff"``, whose input gradient convolves over the zero-dilated output
+  gradient (measured as in :func:`conv_transpose`).
 
   Args:
     x: ``[N, H, W, C_in]``.
