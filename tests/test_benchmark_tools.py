@@ -41,3 +41,24 @@ def test_imbalanced_subset_file_loads_back_as_the_original_rows(tmp_path):
   index = imbalanced.imbalanced_subset(labels, 0.2, 0)
   np.testing.assert_array_equal(loaded.x, base.x[index])
   np.testing.assert_array_equal(loaded.y, labels[index])
+
+
+def test_scaling_exponent_recovers_a_power_law_from_5000_up():
+  scaling = load_script("scaling")
+  ns = [1000, 5000, 10000, 20000, 70000]
+  # A fixed cost dominates at N = 1000 only: the fit starts at 5000 and finds the exponent.
+  values = [5.0] + [2e-4 * n ** 1.3 for n in ns[1:]]
+  assert abs(scaling.exponent(ns, values) - 1.3) < 1e-9
+  assert scaling.exponent([1000, 5000], [1.0, 2.0]) is None  # one point from 5000 up: no fit
+
+
+def test_scaling_worker_measures_every_phase_on_a_small_subset():
+  scaling = load_script("scaling")
+  record = scaling.measure("dec", "digits", 300, 1, None, {"batch_size": 64, "steps_per_round": 3})
+  assert record["n"] == 300 and record["batch_size"] == 64 and record["round_steps"] == 3
+  assert record["steps_per_epoch"] == 5  # ceil(300 / 64): the padded last batch is a step
+  assert set(record["seconds"]) == set(scaling.PHASES)
+  assert all(s > 0 for s in record["seconds"].values())
+  assert record["peak_memory_bytes"] > 0
+  table = scaling.markdown([record, {"algo": "dec", "n": 600, "error": "exit code 1"}], "cmd")
+  assert "| dec | 300 |" in table and "failed: exit code 1" in table
