@@ -60,7 +60,9 @@ class DepictConfig(TrainConfig):
   paddings: tuple[int, ...] = (0, 2)
   dropout_rates: tuple[float, ...] = (0.1, 0.1, 0.1)  # input, then each conv layer
   negative_slope: float = 0.01
-  transposed_conv: str = "dilated"  # or "subpixel": same function, see nn.conv_transpose
+  # The decoder's transposed convolutions: "auto" (per backend and layer shape, the fastest
+  # measured form), "dilated" or "subpixel"; the same function, see nn.conv_transpose.
+  transposed_conv: str = "auto"
   reconstruction_weight: float = 1.0
   hidden_reconstruction_weight: float = 1.0  # paper eq. 12: 1; the authors' code: 0.1
   clustering_weight: float = 1.0
@@ -83,8 +85,8 @@ class DepictConfig(TrainConfig):
       raise ConfigError(f"prior must have n_clusters={self.n_clusters} positive entries; got {self.prior}")
     if self.target_form not in ("paper", "squared"):
       raise ConfigError(f"target_form must be 'paper' or 'squared'; got {self.target_form!r}")
-    if self.transposed_conv not in ("dilated", "subpixel"):
-      raise ConfigError(f"transposed_conv must be 'dilated' or 'subpixel'; got {self.transposed_conv!r}")
+    if self.transposed_conv not in ("auto", "dilated", "subpixel"):
+      raise ConfigError(f"transposed_conv must be 'auto', 'dilated' or 'subpixel'; got {self.transposed_conv!r}")
     if self.init_targets not in ("hard", "soft"):
       raise ConfigError(f"init_targets must be 'hard' or 'soft'; got {self.init_targets!r}")
 
