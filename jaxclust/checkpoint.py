@@ -3,7 +3,8 @@
 A checkpoint is one pytree of arrays per step. Orbax writes a step into a temporary
 directory and renames it when complete, so a step whose writer died is never listed, and
 saves are asynchronous: :meth:`Checkpointer.close` waits for them and must run on every exit
-path (the class is a context manager).
+path (the class is a context manager). With several processes, every process makes the same
+calls on the same directory (a shared filesystem) and writes its part of each step.
 """
 
 import json
@@ -13,9 +14,13 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
+from jaxclust import parallel
 from jaxclust.errors import CheckpointError
+
+_ITEM = "default"  # the directory of a step's one pytree (the manager's name for an unnamed item)
 
 
 class Checkpointer:
@@ -53,9 +58,17 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def restore_saved(self, step: int) -> Any:
-    """Restores ``step`` in the structure it was saved with (no template needed)."""
+    """Restores ``step`` in the structure it was saved with (no template needed), replicated
+    on this run's devices, whatever devices and processes saved it."""
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore())
+      handler = ocp.StandardCheckpointHandler()
+      try:
+        saved = handler.metadata(epath.Path(self.directory / str(step) / _ITEM)).tree
+      finally:
+        handler.close()
+      sharding = parallel.replicated(parallel.make_mesh())
+      like = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved)
+      return self._manager.restore(step, args=ocp.args.StandardRestore(like))
     except Exception as e:  # orbax raises many types for unreadable files
       raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__})") from e
 

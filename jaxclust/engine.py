@@ -253,8 +253,12 @@ class Engine:
     x: the dataset, ``[N, ...]`` float32.
     labels: optional ``[N]`` class labels; used only for metrics, and for the targets of the
       ``config.n_labeled`` labelled samples in semi-supervised mode.
-    workdir: where checkpoints and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
-    verbosity: 0 silent, 1 one line per round and progress bars, 2 also per warm-up epoch.
+    workdir: where checkpoints and ``metrics.jsonl`` go; ``None`` keeps nothing on disk. With
+      several processes (:func:`jaxclust.parallel.initialize`) every process passes the same
+      workdir (a shared filesystem): all of them write the checkpoints, process 0 alone the
+      logs; every process returns the same, global, result.
+    verbosity: 0 silent, 1 one line per round and progress bars, 2 also per warm-up epoch
+      (process 0 only).
   """
 
   def __init__(self, algorithm: Algorithm, x: np.ndarray, labels: np.ndarray | None = None, *,
@@ -267,12 +271,14 @@ class Engine:
     if self.config.n_labeled and self.labels is None:
       raise ConfigError("n_labeled > 0 needs a dataset with labels")
     self.workdir = None if workdir is None else pathlib.Path(workdir)
-    self.logger = RunLogger(self.workdir, verbosity=verbosity)
+    self.main_process = parallel.is_main_process()
+    self.logger = RunLogger(self.workdir if self.main_process else None,
+                            verbosity=verbosity if self.main_process else 0)
     self.trace_counts: dict[str, int] = {}
 
     cfg = self.config
-    # Data parallel over every device: minibatches and evaluation chunks are split over the
-    # mesh's "data" axis, padded with weight-0 rows to a multiple of the device count.
+    # Data parallel over every device of every process: minibatches and evaluation chunks are
+    # split over the mesh's "data" axis, padded with weight-0 rows to a multiple of the device count.
     self.mesh = parallel.make_mesh()
     self.batch_size = min(cfg.batch_size, self.n)
     self.device_batch = parallel.round_up(self.batch_size, self.mesh.size)
@@ -420,7 +426,7 @@ class Engine:
     weights); returns the new state and the mean of each loss term."""
     index, weights = self._epoch_indices(phase, counter, epoch) if indices is None else indices
     key = self._key(phase, counter, epoch)
-    index, weights = jax.device_put((index, weights), parallel.sharded(self.mesh, axis=1))
+    index, weights = parallel.shard_rows(index, self.mesh, axis=1), parallel.shard_rows(weights, self.mesh, axis=1)
     if self.epoch_mode == "scan":
       state, terms = self._epochs[phase](state, self.x, targets, index, weights, key)
     else:
@@ -507,7 +513,8 @@ class Engine:
     if resumed_step is not None:
       phase = WARMUP if resumed_step <= cfg.warmup_epochs else CLUSTERING
       state = checkpointer.restore(resumed_step, self._replicate(self._state_template(params, phase)))
-      print(f"resuming from checkpoint step {resumed_step} in {checkpointer.directory}", file=sys.stderr)
+      if self.main_process:
+        print(f"resuming from checkpoint step {resumed_step} in {checkpointer.directory}", file=sys.stderr)
     elif cfg.pretrained:
       params = self._replicate(self._load_pretrained(params))
       state = {**state, "params": params, "counter": jnp.int32(cfg.warmup_epochs)}
@@ -515,7 +522,7 @@ class Engine:
 
     def save(phase, counter, state):
       if checkpointer is not None:
-        state = {**state, "phase": jnp.int32(phase), "counter": jnp.int32(counter)}
+        state = {**state, **self._replicate({"phase": jnp.int32(phase), "counter": jnp.int32(counter)})}
         checkpointer.save(self._checkpoint_step(phase, counter), state)
 
     train_state = {"params": state["params"], "opt_state": state["opt_state"]}
@@ -534,12 +541,12 @@ class Engine:
 
       # Initial clusters (Algorithm 1, line 1).
       t0 = time.time()
-      features = np.asarray(self.embed(train_state["params"]))
+      features = parallel.to_host(self.embed(train_state["params"]))
       params, targets = self.algo.init_clusters(train_state["params"], features, self._key(99, 1))
       targets = self._replicate(self._fix_labeled(targets, None))
       assignments = jnp.argmax(_distributions(targets), axis=-1).astype(jnp.int32)
       train_state = self._replicate({"params": params, "opt_state": self.optimizers[CLUSTERING].init(params)})
-      self.logger.log({"phase": "init", "round": 0, **self._scores(np.asarray(assignments)),
+      self.logger.log({"phase": "init", "round": 0, **self._scores(parallel.to_host(assignments)),
                        "seconds": time.time() - t0})
       if cfg.init_epochs:
         train_state = self._fit_initial_targets(train_state, targets, assignments, checkpointer)
@@ -580,7 +587,7 @@ class Engine:
       save(CLUSTERING, rnd, {**state, **train_state})
       rounds_done = rnd
       self.logger.log({"phase": "round", "round": rnd, **totals, "changed": changed,
-                       **self._scores(np.asarray(assignments)), "seconds": time.time() - t0})
+                       **self._scores(parallel.to_host(assignments)), "seconds": time.time() - t0})
       if changed < cfg.tol:
         converged = True
         break
@@ -588,9 +595,9 @@ class Engine:
     if soft is None:  # no round ran in this process (resumed after the last one, or max_rounds=0)
       soft = soft_assignments_of(self.predict(train_state["params"]))
     return FitResult(
-        assignments=np.asarray(jnp.argmax(soft, axis=-1), np.int32),
-        soft_assignments=np.asarray(soft, np.float32),
-        targets=jax.tree.map(np.asarray, targets),
+        assignments=parallel.to_host(jnp.argmax(soft, axis=-1)).astype(np.int32),
+        soft_assignments=parallel.to_host(soft).astype(np.float32),
+        targets=parallel.to_host(targets),
         params=train_state["params"],
         rounds=rounds_done,
         converged=converged,
@@ -603,7 +610,7 @@ class Engine:
     defines it; the optimizer state is kept, the new parameters are replicated like the old."""
     if type(self.algo).update_clusters is Algorithm.update_clusters:
       return train_state
-    features = np.asarray(self.embed(train_state["params"]))
+    features = parallel.to_host(self.embed(train_state["params"]))
     params = self.algo.update_clusters(train_state["params"], features, self._key(99, 2, rnd))
     return {**train_state, "params": self._replicate(params)}
 
@@ -639,7 +646,8 @@ class Engine:
     if jax.tree.structure(expected) != jax.tree.structure(found) or jax.tree.leaves(expected) != jax.tree.leaves(found):
       raise CheckpointError(f"pretrained: the parameters in {directory} do not fit this network "
                             "(another architecture, image shape or number of clusters)")
-    print(f"starting from the warmed-up parameters in {directory}", file=sys.stderr)
+    if self.main_process:
+      print(f"starting from the warmed-up parameters in {directory}", file=sys.stderr)
     return jax.tree.map(jnp.asarray, params)
 
   @staticmethod
@@ -653,14 +661,14 @@ class Engine:
     """M-step epochs on the initial targets until the predictions stop agreeing better with
     the initial assignments (``init_epochs``, ``init_patience``)."""
     cfg = self.config
-    initial = np.asarray(assignments)
+    initial = parallel.to_host(assignments)
     best, best_params, since_best = -1.0, None, 0
     for epoch in range(cfg.init_epochs):
       t0 = time.time()
       train_state, terms = self.run_epoch(CLUSTERING, train_state, targets, 0, epoch,
                                           f"fit initial clusters {epoch + 1}/{cfg.init_epochs}")
       self._check_finite(terms, f"the fit to the initial clusters (epoch {epoch + 1})", checkpointer)
-      predicted = np.asarray(jnp.argmax(soft_assignments_of(self.predict(train_state["params"])), axis=-1))
+      predicted = parallel.to_host(jnp.argmax(soft_assignments_of(self.predict(train_state["params"])), axis=-1))
       agreement = metrics_lib.nmi(initial, predicted)
       self.logger.log({"phase": "init-fit", "epoch": epoch + 1, **terms, "agreement": agreement,
                        **self._scores(predicted), "seconds": time.time() - t0})
@@ -688,7 +696,7 @@ class Engine:
       return {**targets, "q": self._fix_labeled(targets["q"], soft)}
     if soft is None:  # the initial clustering: decide the class -> cluster map now
       subset = self._labeled_subset()
-      initial = np.asarray(jnp.argmax(targets, axis=-1))
+      initial = parallel.to_host(jnp.argmax(targets, axis=-1))
       cluster_of_class = {c: k for k, c in metrics_lib.cluster_mapping(self.labels[subset], initial[subset]).items()}
       clusters = np.array([cluster_of_class.get(c, -1) for c in self.labels[subset]])
       known = clusters >= 0
