@@ -1,8 +1,14 @@
 """``bin/train``: train one algorithm on one dataset and write the results to a workdir.
 
 The logic is :func:`train_and_evaluate`, which tests call directly; :func:`main` only parses
-arguments and turns :class:`~jaxclust.errors.JaxclustError` into a one-line message and a
-non-zero exit.
+arguments, joins a run of several processes where asked (``--num-processes``, before any
+other JAX call), and turns :class:`~jaxclust.errors.JaxclustError` into a one-line message
+and a non-zero exit.
+
+Several processes (hosts) share one workdir, as on a shared filesystem: every process writes
+its part of the checkpoints, process 0 alone writes ``config.json``, ``metrics.jsonl``,
+``summary.json`` and the assignments, and prints progress. The plots and report, which
+recompute embeddings on every device, are then left to ``bin/report WORKDIR`` after the run.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import time
 import types
 import typing
 
+import jax
 import numpy as np
 
-from jaxclust import algos, data, metrics, report
+from jaxclust import algos, data, metrics, parallel, report
 from jaxclust.checkpoint import write_json
 from jaxclust.engine import Engine
 from jaxclust.errors import CheckpointError, ConfigError, JaxclustError
@@ -89,23 +96,37 @@ def _config_record(algo: str, dataset_spec: str, split: str, config) -> dict:
 
 
 def _prepare_workdir(workdir: pathlib.Path, record: dict, restart: bool) -> None:
+  """Checks that ``workdir`` is writable and holds no checkpoint of another config, then (on
+  process 0) clears it for ``restart`` and writes ``config.json``. Every process checks
+  before any process changes the workdir, so all of them fail alike."""
+  process = jax.process_index()
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write-test"
+    probe = workdir / (".write-test" + (f"-{process}" if process else ""))
     probe.write_text("")
     probe.unlink()
   except OSError as e:
     raise CheckpointError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
   config_path = workdir / "config.json"
-  if restart:
-    for name in ("checkpoints", "metrics.jsonl", "summary.json", "assignments.npy", "assignments.csv",
-                 "soft_assignments.npy"):
-      target = workdir / name
-      if target.is_dir():
-        shutil.rmtree(target)
-      elif target.exists():
-        target.unlink()
-  elif config_path.exists() and (workdir / "checkpoints").exists():
+  if not restart:
+    _check_resumable(workdir, record)
+  parallel.barrier("workdir checked")
+  if process == 0:
+    if restart:
+      for name in ("checkpoints", "metrics.jsonl", "summary.json", "assignments.npy", "assignments.csv",
+                   "soft_assignments.npy"):
+        target = workdir / name
+        if target.is_dir():
+          shutil.rmtree(target)
+        elif target.exists():
+          target.unlink()
+    write_json(config_path, record)
+  parallel.barrier("workdir ready")
+
+
+def _check_resumable(workdir: pathlib.Path, record: dict) -> None:
+  config_path = workdir / "config.json"
+  if config_path.exists() and (workdir / "checkpoints").exists():
     try:
       previous = json.loads(config_path.read_text())
     except (OSError, ValueError):
@@ -119,7 +140,6 @@ def _prepare_workdir(workdir: pathlib.Path, record: dict, restart: bool) -> None
           f"workdir {workdir} holds a checkpoint of another config (differs in {', '.join(differing)}); "
           "use another --workdir or pass --restart"
       )
-  write_json(config_path, record)
 
 
 def _jsonable(value):
@@ -148,12 +168,16 @@ def train_and_evaluate(
   Outputs: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``assignments.npy`` (int,
   dataset order), ``assignments.csv``, ``soft_assignments.npy`` and ``summary.json``; with
   ``plots`` (and matplotlib), ``plots/*.png`` and ``report.html`` (:mod:`jaxclust.report`).
-  Rerunning with the same workdir resumes from the last complete round.
+  Rerunning with the same workdir resumes from the last complete round. With several
+  processes, each calls this with the same workdir: all write the checkpoints, process 0 alone
+  the other files and the console output; the plots are left to ``bin/report`` then.
 
   Returns:
     the summary dict (also in ``summary.json``).
   """
   start = time.time()
+  main_process = parallel.is_main_process()
+  verbosity = verbosity if main_process else 0
   if algo not in algos.REGISTRY:
     raise ConfigError(f"unknown algorithm {algo!r}; available: {', '.join(sorted(algos.REGISTRY))}")
   module = algos.REGISTRY[algo]
@@ -169,12 +193,6 @@ def train_and_evaluate(
   algorithm = module.ALGORITHM(config, dataset_obj.image_shape)
   result = Engine(algorithm, dataset_obj.x, dataset_obj.y, workdir=workdir, verbosity=verbosity).fit()
 
-  np.save(workdir / "assignments.npy", result.assignments)
-  np.save(workdir / "soft_assignments.npy", result.soft_assignments)
-  with open(workdir / "assignments.csv", "w") as f:
-    f.write("index,cluster" + ("" if dataset_obj.y is None else ",label") + "\n")
-    for i, k in enumerate(result.assignments):
-      f.write(f"{i},{k}" + ("" if dataset_obj.y is None else f",{dataset_obj.y[i]}") + "\n")
   summary = {
       "algo": algo,
       "dataset": dataset_obj.name,
@@ -187,14 +205,32 @@ def train_and_evaluate(
   }
   if dataset_obj.y is not None:
     summary.update(metrics.clustering_scores(dataset_obj.y, result.assignments))
-  write_json(workdir / "summary.json", summary)
-  if plots:
-    report.draw_after_training(workdir, dataset_obj, verbosity)
+  # The plots recompute embeddings from the checkpoints on all devices of the mesh, a collective
+  # that process 0 cannot run alone: a run of several processes leaves them to bin/report.
+  draw = plots and jax.process_count() == 1
+  if main_process:
+    _write_results(workdir, result, dataset_obj.y, summary, dataset_obj if draw else None, verbosity)
+  if plots and not draw and verbosity:
+    print(f"plots not drawn in a run of {jax.process_count()} processes; draw them with bin/report {workdir}",
+          file=sys.stderr)
   if verbosity:
     shown = ", ".join(f"{k} {summary[k]:.4f}" for k in ("acc", "nmi", "ari") if k in summary)
     print(f"done in {summary['seconds']:.1f}s after {result.rounds} rounds"
           + (f": {shown}" if shown else "") + f"; results in {workdir}", file=sys.stderr)
   return summary
+
+
+def _write_results(workdir: pathlib.Path, result, labels, summary: dict, plot_dataset, verbosity: int) -> None:
+  """The assignments, ``summary.json`` and (for ``plot_dataset``) the plots and report."""
+  np.save(workdir / "assignments.npy", result.assignments)
+  np.save(workdir / "soft_assignments.npy", result.soft_assignments)
+  with open(workdir / "assignments.csv", "w") as f:
+    f.write("index,cluster" + ("" if labels is None else ",label") + "\n")
+    f.writelines(f"{i},{k}" + ("" if labels is None else f",{labels[i]}") + "\n"
+                 for i, k in enumerate(result.assignments))
+  write_json(workdir / "summary.json", summary)
+  if plot_dataset is not None:
+    report.draw_after_training(workdir, plot_dataset, verbosity)
 
 
 def _config_help(algo: str) -> str:
@@ -231,10 +267,40 @@ def make_parser(algo: str | None = None) -> argparse.ArgumentParser:
   parser.add_argument("--restart", action="store_true", help="ignore checkpoints in the workdir and start over")
   parser.add_argument("--no-plots", action="store_true",
                       help="skip the plots and report.html drawn at the end (bin/report WORKDIR draws them later)")
+  hosts = parser.add_argument_group(
+      "several hosts", "run one process per host (or per group of devices) with the same arguments, each with "
+      "its own --process-id; they train as one over the devices of all, sharing the --workdir (process 0 writes "
+      "logs and results, all write checkpoints). Each flag falls back on the environment variable named. "
+      "Two hosts: bin/train ARGS --coordinator-address HOST0:1234 --num-processes 2 --process-id 0 on HOST0 "
+      "and the same with --process-id 1 on the other.")
+  hosts.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                     help="where process 0 listens for the others [JAX_COORDINATOR_ADDRESS]")
+  hosts.add_argument("--num-processes", type=int, default=None, metavar="N",
+                     help="how many processes take part (default 1) [JAX_NUM_PROCESSES]")
+  hosts.add_argument("--process-id", type=int, default=None, metavar="I",
+                     help="this process's id, 0 to N-1 [JAX_PROCESS_ID]")
   group = parser.add_mutually_exclusive_group()
   group.add_argument("--quiet", action="store_true", help="print errors only")
   group.add_argument("--verbose", action="store_true", help="also print every warm-up epoch")
   return parser
+
+
+def distributed_settings(args: argparse.Namespace, environ=None) -> tuple[str | None, int, int | None]:
+  """``(coordinator address, number of processes, process id)`` from the flags, or where a
+  flag is absent from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``."""
+  environ = os.environ if environ is None else environ
+  values = []
+  for flag, name, kind in ((args.coordinator_address, "JAX_COORDINATOR_ADDRESS", str),
+                           (args.num_processes, "JAX_NUM_PROCESSES", int),
+                           (args.process_id, "JAX_PROCESS_ID", int)):
+    if flag is None and environ.get(name, "").strip():
+      try:
+        flag = kind(environ[name].strip())
+      except ValueError:
+        raise ConfigError(f"{name} must be an integer; got {environ[name]!r}") from None
+    values.append(flag)
+  address, count, process = values
+  return address, 1 if count is None else count, process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
   known, _ = pre.parse_known_args(argv)
   args = make_parser(known.algo).parse_args(argv)
   try:
+    parallel.initialize(*distributed_settings(args))
     overrides = dict(parse_override(item) for item in args.set)
     if args.seed is not None:
       overrides["seed"] = args.seed
