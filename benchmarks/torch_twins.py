@@ -1,30 +1,37 @@
 """PyTorch twins of jaxclust's networks and losses, for JAX-against-PyTorch benchmarks.
 
 A twin is the model and objective of one jaxclust algorithm written as a PyTorch user would
-write them: ``nn.Conv2d``, ``nn.ConvTranspose2d``, ``nn.Linear``, ``nn.LeakyReLU``,
-``nn.Dropout``, images channels-first (``[N, C, H, W]``), trained with ``torch.optim.Adam``.
-It has the same architecture, padding and activations as the Flax model its algorithm
-builds from the same config, and takes that model's parameters: ``twin.load_flax(params)``.
+write them: ``nn.Conv2d``, ``nn.ConvTranspose2d``, ``nn.Linear``, ``nn.BatchNorm2d``,
+``nn.LeakyReLU``, ``nn.Dropout``, images channels-first (``[N, C, H, W]``), trained with
+``torch.optim``. It has the same architecture, padding and activations as the Flax model its
+algorithm builds from the same config, and takes that model's parameters:
+``twin.load_flax(params)``.
 
 Every twin is a ``torch.nn.Module`` (:class:`Twin`) with
 
-  ``warmup_loss(x, weights, dropout_masks=None) -> (loss, terms)``
-  ``m_step_loss(x, weights, targets, dropout_masks=None) -> (loss, terms)``
-  ``predict(x) -> soft assignments [N, K]`` (clean pathway) and ``e_step(soft) -> targets``
+  ``warmup_loss(x, weights, draws=None) -> (loss, terms)``
+  ``m_step_loss(x, weights, targets, draws=None) -> (loss, terms)``
+  ``predict(x) -> soft assignments [N, K]`` (clean pathway; or a dict with them under
+  ``"soft"`` beside what ``e_step`` needs, as jaxclust's ``predict``) and
+  ``e_step(predicted) -> targets``
   ``torch_layout(tree) -> {parameter name: array}``: a pytree shaped like the Flax
   parameters (the parameters, or their gradients) in the twin's layout
+  ``buffer_layout(params) -> {buffer name: array}``: the twin's buffers (batch-norm running
+  averages) from the Flax parameters' model state
   ``load_flax(params)``: copies Flax parameters into the twin
+  ``use_dataset(x)``: the whole dataset, for losses that read other rows (ICS's negatives)
 
 ``x`` is ``[N, C, H, W]`` (:func:`to_nchw` turns jaxclust's ``[N, H, W, C]`` into it),
-``weights`` ``[N]`` per-sample weights (0 for padding rows), ``targets`` ``[N, K]``; the
-terms carry the names jaxclust's losses give them. The noisy pathway draws its dropout from
-``nn.Dropout`` unless ``dropout_masks`` (keep masks, one per dropout site, each shaped like
-the activation it drops, NCHW) fix it, as the parity tests do with the masks Flax drew.
+``weights`` ``[N]`` per-sample weights (0 for padding rows), ``targets`` the rows of what
+``e_step`` returns (``[N, K]``, or ICS's dict); the terms carry the names jaxclust's losses
+give them. A twin draws its step's randomness itself unless ``draws`` fixes it, as the parity
+tests do with what JAX drew: DEPICT's dropout keep masks (one per dropout site, each shaped
+like the activation it drops, NCHW), ICS's augmented positives.
 
 ``TWINS`` maps ``--algo`` names to twin classes, built as ``TWINS[name](config, image_shape)``
 from the algorithm's config and its (``[H, W, C]``) image shape, like the algorithms
-themselves: ``depict`` (paper 000, eq. 12) and ``dec`` / ``idec`` (the MLP autoencoder and
-the Student-t KL objective).
+themselves: ``depict`` (paper 000, eq. 12), ``dec`` / ``idec`` (the MLP autoencoder and the
+Student-t KL objective) and ``ics`` (paper 003, eq. 7).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jaxclust.nn import ConvSpec, encoder_shapes
+from jaxclust.algos import ics
+from jaxclust.engine import MODEL_STATE
+from jaxclust.nn import ConvSpec, encoder_shapes, pooled_sizes
 
 
 def to_nchw(x: np.ndarray) -> np.ndarray:
@@ -147,19 +156,57 @@ def dec_target(q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
   return unnormalised / unnormalised.sum(dim=-1, keepdim=True)
 
 
+def entropy_constraint(q: torch.Tensor, weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+  """``H(mean_i q_i) - mean_i H(q_i)``, to maximise (paper 003 eq. 6)."""
+  total = weights.sum()
+  mean_q = (q * weights[:, None]).sum(dim=0) / torch.where(total > 0, total, 1.0)
+  mean_q = torch.where(total > 0, mean_q, 0.0)
+  entropy = lambda p: -(p * torch.log(p + eps)).sum(dim=-1)
+  return entropy(mean_q) - weighted_mean(entropy(q), weights)
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float,
+                 weights: torch.Tensor, squared: bool = True) -> torch.Tensor:
+  """``mean_i max(0, d(a_i, p_i) - d(a_i, n_i) + margin)`` (paper 003 eq. 5, FaceNet)."""
+
+  def distance(other):
+    sq_dist = (anchor - other).square().sum(dim=-1)
+    if squared:
+      return sq_dist
+    positive_part = sq_dist > 0
+    return torch.where(positive_part, torch.sqrt(torch.where(positive_part, sq_dist, 1.0)), 0.0)
+
+  return weighted_mean(F.relu(distance(positive) - distance(negative) + margin), weights)
+
+
 # ----------------------------------------------------------------------------- twins
 
 
 class Twin(nn.Module):
   """What every twin provides (see the module docstring)."""
 
+  dataset: torch.Tensor | None = None
+
   def torch_layout(self, tree) -> dict[str, np.ndarray]:
     raise NotImplementedError
 
+  def buffer_layout(self, params) -> dict[str, np.ndarray]:
+    """The twin's buffers (batch-norm running averages, a spectral head's state) from the
+    non-trainable part of the Flax parameters; none by default."""
+    del params
+    return {}
+
   def load_flax(self, params) -> None:
     """Copies Flax parameters (a pytree as the algorithm's ``init`` returns) into the twin."""
-    state = {name: torch.from_numpy(np.array(value, np.float32)) for name, value in self.torch_layout(params).items()}
+    own = self.state_dict()
+    values = {**self.torch_layout(params), **self.buffer_layout(params)}
+    state = {name: torch.from_numpy(np.array(value)).to(own[name].dtype) for name, value in values.items()}
     self.load_state_dict(state, strict=True)
+
+  def use_dataset(self, x: torch.Tensor) -> None:
+    """The whole dataset ``[N, C, H, W]``, for losses that read other samples than the batch's
+    (ICS's negatives, SpectralNet's orthogonalization batch), as jaxclust's ``batch["dataset"]``."""
+    self.dataset = x
 
   def warmup_loss(self, x, weights, dropout_masks=None):
     raise NotImplementedError
@@ -289,26 +336,18 @@ class DepictTwin(Twin):
     return out
 
 
-class DecTwin(Twin):
-  """DEC's fully connected autoencoder ``d-500-500-2000-10`` (:class:`jaxclust.nn.MLPAutoencoder`),
-  the Student-t layer's centroids and DEC's / IDEC's losses (:class:`jaxclust.algos.dec.Dec`).
+class MLPAutoencoderParts:
+  """DEC's fully connected autoencoder ``d-500-500-2000-10`` (:class:`jaxclust.nn.MLPAutoencoder`)
+  in a twin: ``Linear`` layers, ReLU on the hidden ones, linear embedding and reconstruction;
+  images are flattened channels-first. Uniform weights in ``±sqrt(1 / fan_in)``, zero biases."""
 
-  ReLU on the hidden layers, linear embedding and reconstruction; images are flattened
-  channels-first. Only ``encoder="mlp"`` has a twin.
-  """
-
-  def __init__(self, config, image_shape: Sequence[int]):
-    super().__init__()
-    if config.encoder != "mlp":
-      raise ValueError(f"no PyTorch twin of DEC's encoder={config.encoder!r}; only 'mlp'")
-    self.config = config
+  def build_autoencoder(self, image_shape: Sequence[int], hidden: Sequence[int], embedding_dim: int) -> None:
     self.image_shape = tuple(image_shape)
-    sizes = [math.prod(self.image_shape), *config.hidden_dims, config.embedding_dim]
+    sizes = [math.prod(self.image_shape), *hidden, embedding_dim]
     self.encoder_layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
     self.decoder_layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes[::-1]))
-    self.centroids = nn.Parameter(torch.zeros(config.n_clusters, config.embedding_dim))
     self.activation = nn.ReLU()
-    for layer in [*self.encoder_layers, *self.decoder_layers]:  # uniform in ±sqrt(1 / fan_in)
+    for layer in [*self.encoder_layers, *self.decoder_layers]:
       bound = math.sqrt(1.0 / layer.in_features)
       nn.init.uniform_(layer.weight, -bound, bound)
       nn.init.zeros_(layer.bias)
@@ -325,6 +364,37 @@ class DecTwin(Twin):
       h = self.activation(layer(h))
     height, width, channels = self.image_shape
     return self.decoder_layers[-1](h).view(z.shape[0], channels, height, width)
+
+  def autoencoder_layout(self, ae) -> dict[str, np.ndarray]:
+    """The twin's names for the Flax autoencoder's parameters ``ae``."""
+    n_enc = len(self.encoder_layers)
+    out = {}
+    for name, layers in (("encoder_layers", self.encoder_layers), ("decoder_layers", self.decoder_layers)):
+      for l in range(len(layers)):
+        params = ae[f"{name}_{l}"]
+        out[f"{name}.{l}.weight"] = dense_weight(params["kernel"])
+        out[f"{name}.{l}.bias"] = np.asarray(params["bias"])
+    # The first layer reads, and the last one writes, the image flattened NCHW instead of NHWC.
+    out["encoder_layers.0.weight"] = hwc_rows_to_chw(ae["encoder_layers_0"]["kernel"], self.image_shape)
+    last = f"decoder_layers_{n_enc - 1}"
+    out[f"decoder_layers.{n_enc - 1}.weight"] = hwc_columns_to_chw(ae[last]["kernel"], self.image_shape)
+    out[f"decoder_layers.{n_enc - 1}.bias"] = hwc_vector_to_chw(ae[last]["bias"], self.image_shape)
+    return out
+
+
+class DecTwin(MLPAutoencoderParts, Twin):
+  """DEC's fully connected autoencoder (:class:`MLPAutoencoderParts`), the Student-t layer's
+  centroids and DEC's / IDEC's losses (:class:`jaxclust.algos.dec.Dec`). Only
+  ``encoder="mlp"`` has a twin.
+  """
+
+  def __init__(self, config, image_shape: Sequence[int]):
+    super().__init__()
+    if config.encoder != "mlp":
+      raise ValueError(f"no PyTorch twin of DEC's encoder={config.encoder!r}; only 'mlp'")
+    self.config = config
+    self.build_autoencoder(image_shape, config.hidden_dims, config.embedding_dim)
+    self.centroids = nn.Parameter(torch.zeros(config.n_clusters, config.embedding_dim))
 
   def warmup_loss(self, x, weights, dropout_masks=None):
     rec = reconstruction_error(x, self.decode(self.encode(x)), weights)
@@ -347,24 +417,274 @@ class DecTwin(Twin):
     return dec_target(soft_assignments)
 
   def torch_layout(self, tree) -> dict[str, np.ndarray]:
+    return {"centroids": np.asarray(tree["centroids"]), **self.autoencoder_layout(tree["ae"])}
+
+
+# ----------------------------------------------------------------------------- ICS (paper 003)
+
+
+def padding_mask(weights: torch.Tensor) -> torch.Tensor | None:
+  """``weights > 0``, or None when every row is real (the usual batch: no boolean indexing)."""
+  real = weights > 0
+  return None if bool(real.all()) else real
+
+
+def batch_norm(norm: nn.Module, h: torch.Tensor, train: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+  """``norm`` (an ``nn.BatchNorm1d`` / ``2d``) as Flax's ``nn.BatchNorm`` runs in jaxclust.
+
+  ``train``: normalised by the batch's statistics, the running averages updated; with a
+  ``mask`` ``[B]`` the statistics are those of its rows (padding rows left out of them, as
+  Flax's ``mask`` leaves them, and normalised by them too). Otherwise by the running
+  averages, whatever the module's ``train()`` / ``eval()`` mode.
+  """
+  if not train:
+    return F.batch_norm(h, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+  if mask is None:
+    return F.batch_norm(h, norm.running_mean, norm.running_var, norm.weight, norm.bias, True, norm.momentum,
+                        norm.eps)
+  rows = h[mask]
+  dims = [0, *range(2, h.ndim)]
+  mean, var = rows.mean(dim=dims), rows.var(dim=dims, unbiased=False)
+  with torch.no_grad():  # as F.batch_norm updates them: the unbiased variance
+    n = rows.numel() // rows.shape[1]
+    norm.running_mean.lerp_(mean, norm.momentum)
+    norm.running_var.lerp_(var * n / max(n - 1, 1), norm.momentum)
+  shape = (1, -1, *[1] * (h.ndim - 2))
+  scale = torch.rsqrt(var + norm.eps) * norm.weight
+  return (h - mean.view(shape)) * scale.view(shape) + norm.bias.view(shape)
+
+
+def affine(images: torch.Tensor, matrices: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+  """:func:`jaxclust.augment.affine` with ``F.grid_sample``: output pixel ``(row, col)`` reads
+  ``images`` ``[B, C, H, W]`` at ``matrices[b] @ (row, col, 1)`` (``[B, 2, 3]``, pixel
+  coordinates), bilinearly; neighbours outside the image count as ``fill``."""
+  _, _, height, width = images.shape
+  rows, cols = torch.meshgrid(torch.arange(height, dtype=images.dtype, device=images.device),
+                              torch.arange(width, dtype=images.dtype, device=images.device), indexing="ij")
+  pixels = torch.stack([rows, cols, torch.ones_like(rows)], dim=-1)  # [H, W, 3]
+  source = torch.einsum("bij,hwj->bhwi", matrices.to(images.dtype), pixels)  # (row, col) per output pixel
+  grid = torch.stack([2.0 * source[..., 1] / max(width - 1, 1) - 1.0,
+                      2.0 * source[..., 0] / max(height - 1, 1) - 1.0], dim=-1)
+  shifted = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+  return shifted + fill
+
+
+def augmentation_matrices(angles: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, height: int,
+                          width: int) -> torch.Tensor:
+  """``[B, 2, 3]`` sampling matrices of a rotation by ``angles`` (degrees), then a zoom by
+  ``scales``, then a shift by ``offsets`` ``[B, 2]``, as :func:`jaxclust.augment.augment`
+  composes them."""
+  b = angles.shape[0]
+  centre = torch.tensor([(height - 1) / 2.0, (width - 1) / 2.0], dtype=angles.dtype, device=angles.device)
+  radians = torch.deg2rad(angles)
+  cos, sin = torch.cos(radians), torch.sin(radians)
+  eye = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(b, 1, 1)
+  rotation, zoom, shift = eye.clone(), eye.clone(), eye.clone()
+  rotation[:, :2, :2] = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+  rotation[:, :2, 2] = centre - (rotation[:, :2, :2] @ centre)
+  inverse = 1.0 / scales
+  zoom[:, 0, 0], zoom[:, 1, 1] = inverse, inverse
+  zoom[:, :2, 2] = centre * (1.0 - inverse[:, None])
+  shift[:, :2, 2] = -offsets
+  return (rotation @ zoom @ shift)[:, :2]
+
+
+class IcsTwin(Twin):
+  """ICS's convolutional autoencoder (:class:`jaxclust.nn.IcsAutoencoder`), DEC's Student-t
+  layer on its embedding, and eq. 7 (:class:`jaxclust.algos.ics.Ics`).
+
+  Encoder, per level: ``Conv2d`` 3x3 (padding 1), ``BatchNorm2d``, ReLU and
+  ``MaxPool2d(2, ceil_mode=True)`` (Flax's "SAME" pool pads an odd map at its end, which is
+  what ``ceil_mode`` reads); then ``Linear`` to the embedding. Decoder: ``Linear``,
+  ``BatchNorm1d`` over the flattened top map's features and ReLU, then per level a
+  ``ConvTranspose2d`` 3x3 of stride 2 cropping 1 (output padding where the pool rounded up),
+  ``BatchNorm2d`` and ReLU on all but the last, which is linear.
+
+  Batch norm (:func:`batch_norm`): momentum ``1 - 0.99`` (PyTorch's convention for Flax's
+  0.99), eps 1e-5; training steps normalise by the batch's statistics (the three encoder
+  inputs of the M-step together), ``predict`` by the running averages. One difference in the
+  running averages only: PyTorch's running variance averages the unbiased batch variance,
+  Flax's the biased one.
+
+  Randomness: the M-step's positives are augmented copies of the batch (rotation, zoom,
+  shift and flip as :func:`jaxclust.augment.augment` draws them, resampled by :func:`affine`;
+  erasing has no twin) unless ``positives`` gives them. Targets: ``{"q": [B, K], "negative":
+  [B] int64}``, the negatives read from the dataset given to :meth:`Twin.use_dataset`.
+  ``predict`` and ``e_step`` are jaxclust's: the soft assignments with the embedding and
+  Algorithm 1's radius (from augmented copies), then DEC's targets and new negatives.
+  """
+
+  def __init__(self, config, image_shape: Sequence[int]):
+    super().__init__()
+    self.config = config
+    self.image_shape = tuple(image_shape)
+    model = ics.conv_autoencoder(self.image_shape, config.conv_variant, features=config.conv_features,
+                                 embedding_dim=config.embedding_dim)
+    features, embedding_dim = tuple(model.features), model.embedding_dim
+    self.margin = ics.VARIANTS[config.conv_variant]["margin"] if config.margin is None else config.margin
+    height, width, channels = self.image_shape
+    self.sizes = pooled_sizes(height, width, len(features))
+    levels = [channels, *features]
+    norm = lambda cls, n: cls(n, eps=1e-5, momentum=1.0 - model.momentum)
+    self.convs = nn.ModuleList(nn.Conv2d(levels[l], f, 3, padding=1) for l, f in enumerate(features))
+    self.conv_norms = nn.ModuleList(norm(nn.BatchNorm2d, f) for f in features)
+    self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+    self.activation = nn.ReLU()
+    top_h, top_w = self.sizes[-1]
+    self.top_shape = (top_h, top_w, features[-1])
+    top = math.prod(self.top_shape)
+    self.embedding = nn.Linear(top, embedding_dim)
+    self.dense = nn.Linear(embedding_dim, top)
+    self.dense_norm = norm(nn.BatchNorm1d, top)
+    # deconvs[l] maps level l + 1 back to level l; level 0 is the image.
+    self.deconvs = nn.ModuleList(
+        nn.ConvTranspose2d(features[l], levels[l], 3, 2, 1,
+                           output_padding=tuple(n - (2 * m - 1) for n, m in zip(self.sizes[l], self.sizes[l + 1])))
+        for l in range(len(features)))
+    self.deconv_norms = nn.ModuleList(norm(nn.BatchNorm2d, levels[l]) for l in range(1, len(features)))
+    self.centroids = nn.Parameter(torch.zeros(config.n_clusters, embedding_dim))
+    for module in self.modules():
+      if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+
+  def encode(self, x: torch.Tensor, train: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    h = x
+    for conv, norm in zip(self.convs, self.conv_norms):
+      h = self.pool(self.activation(batch_norm(norm, conv(h), train, mask)))
+    return self.embedding(h.flatten(1))
+
+  def decode(self, z: torch.Tensor, train: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    h = self.activation(batch_norm(self.dense_norm, self.dense(z), train, mask))
+    top_h, top_w, top_c = self.top_shape
+    h = h.view(z.shape[0], top_c, top_h, top_w)
+    for level in reversed(range(len(self.deconvs))):
+      h = self.deconvs[level](h)
+      if level > 0:
+        h = self.activation(batch_norm(self.deconv_norms[level - 1], h, train, mask))
+    return h
+
+  def augment(self, x: torch.Tensor) -> torch.Tensor:
+    """Random positives, drawn as :func:`jaxclust.augment.augment` draws them."""
+    cfg = self.config
+    if cfg.erasing_probability > 0:
+      raise ValueError("the ICS twin draws no random erasing; give the positives instead")
+    b, _, height, width = x.shape
+    draws = torch.rand(b, 4, device=x.device)
+    between = lambda u, low, high: low + (high - low) * u
+    matrices = augmentation_matrices(between(draws[:, 0], -cfg.max_degrees, cfg.max_degrees),
+                                     between(draws[:, 1], *cfg.scale_range),
+                                     between(draws[:, 2:], -cfg.max_shift, cfg.max_shift), height, width)
+    out = affine(x, matrices)
+    if cfg.flip_probability > 0:
+      flipped = torch.rand(b, device=x.device) < cfg.flip_probability
+      out = torch.where(flipped[:, None, None, None], out.flip(-1), out)
+    return out
+
+  def warmup_loss(self, x, weights, positives=None):
+    """Eq. 1: the reconstruction error (batch statistics in batch norm)."""
+    mask = padding_mask(weights)
+    rec = reconstruction_error(x, self.decode(self.encode(x, True, mask), True, mask), weights)
+    return rec, {"reconstruction": rec}
+
+  def m_step_loss(self, x, weights, targets, positives=None):
+    """Eq. 7: ``w_r L_rec + w_c KL(P || Q) + w_t L_triplet - w_e L_entropy``; anchors,
+    positives and negatives through the encoder as one batch."""
+    cfg = self.config
+    b = x.shape[0]
+    mask = padding_mask(weights)
+    use_triplet = cfg.triplet_weight > 0
+    inputs, input_mask = x, mask
+    if use_triplet:
+      positives = self.augment(x) if positives is None else positives
+      inputs = torch.cat([x, positives, self.dataset[targets["negative"]]])
+      input_mask = None if mask is None else mask.repeat(3)
+    z_all = self.encode(inputs, True, input_mask)
+    z = z_all[:b]
+    q = student_t_assign(z, self.centroids, cfg.alpha)
+    terms = {"clustering": kl_divergence(targets["q"], q, weights), "entropy": entropy_constraint(q, weights)}
+    if cfg.reconstruction_weight > 0:
+      terms["reconstruction"] = reconstruction_error(x, self.decode(z, True, mask), weights)
+    if use_triplet:
+      embeddings = z_all
+      if cfg.triplet_normalize:
+        embeddings = embeddings * torch.rsqrt(torch.clamp(embeddings.square().sum(-1, keepdim=True), min=1e-12))
+      anchor, positive, negative = embeddings.chunk(3)
+      terms["triplet"] = triplet_loss(anchor, positive, negative, self.margin, weights, cfg.triplet_squared)
+    signs = {"reconstruction": 1.0, "clustering": 1.0, "triplet": 1.0, "entropy": -1.0}
+    loss = sum((signs[name] * getattr(cfg, f"{name}_weight") * value for name, value in terms.items()
+                if getattr(cfg, f"{name}_weight") > 0), x.new_zeros(()))
+    return loss, terms
+
+  def predict(self, x, copies=None):
+    """``{"soft": q (eq. 2), "embedding": z, "radius": r}``, as :meth:`jaxclust.algos.ics.Ics.predict`:
+    the clean embedding's Student-t assignments and Algorithm 1's radius, the largest distance
+    from ``z`` to the embedding of one of ``negative_augmentations`` augmented copies (drawn
+    by the twin unless ``copies`` ``[A * B, C, H, W]`` gives them, copy after copy)."""
+    cfg = self.config
+    b, n_copies = x.shape[0], cfg.negative_augmentations
+    if copies is None:
+      copies = self.augment(x.repeat(n_copies, 1, 1, 1))
+    z_all = self.encode(torch.cat([x, copies]))
+    z, z_copies = z_all[:b], z_all[b:].view(n_copies, b, -1)
+    radius = torch.sqrt((z_copies - z[None]).square().sum(dim=-1).amax(dim=0))
+    return {"soft": student_t_assign(z, self.centroids, cfg.alpha), "embedding": z, "radius": radius}
+
+  def e_step(self, predicted, candidates=None):
+    """``{"q": DEC's target (eq. 3), "negative": [N]}``, Algorithm 1's negatives as
+    :func:`jaxclust.algos.ics.select_negatives` picks them: the first of each anchor's
+    ``negative_candidates`` uniformly drawn rows (or ``candidates`` ``[N, C]``) farther than
+    ``negative_radius_scale * r`` from it, else the farthest."""
+    cfg = self.config
+    z, radius = predicted["embedding"], predicted["radius"]
+    n = z.shape[0]
+    if candidates is None:
+      candidates = torch.randint(0, n, (n, cfg.negative_candidates), device=z.device)
+    sq_dist = (z[candidates] - z[:, None, :]).square().sum(dim=-1)
+    outside = sq_dist > (cfg.negative_radius_scale * radius)[:, None].square()
+    pick = torch.where(outside.any(dim=1), outside.to(torch.uint8).argmax(dim=1), sq_dist.argmax(dim=1))
+    return {"q": dec_target(predicted["soft"]), "negative": candidates.gather(1, pick[:, None])[:, 0]}
+
+  def _norms(self):
+    """``(twin name, Flax name, layout)`` of every batch norm; layout maps a per-feature vector."""
+    top = lambda v: hwc_vector_to_chw(v, self.top_shape)
+    return ([(f"conv_norms.{l}", f"conv_norms_{l}", np.asarray) for l in range(len(self.conv_norms))]
+            + [("dense_norm", "dense_norm", top)]
+            + [(f"deconv_norms.{l}", f"deconv_norms_{l}", np.asarray) for l in range(len(self.deconv_norms))])
+
+  def torch_layout(self, tree) -> dict[str, np.ndarray]:
     ae = tree["ae"]
-    n_enc = len(self.encoder_layers)
     out = {"centroids": np.asarray(tree["centroids"])}
-    for name, layers in (("encoder_layers", self.encoder_layers), ("decoder_layers", self.decoder_layers)):
-      for l in range(len(layers)):
-        params = ae[f"{name}_{l}"]
-        out[f"{name}.{l}.weight"] = dense_weight(params["kernel"])
-        out[f"{name}.{l}.bias"] = np.asarray(params["bias"])
-    # The first layer reads, and the last one writes, the image flattened NCHW instead of NHWC.
-    out["encoder_layers.0.weight"] = hwc_rows_to_chw(ae["encoder_layers_0"]["kernel"], self.image_shape)
-    last = f"decoder_layers_{n_enc - 1}"
-    out[f"decoder_layers.{n_enc - 1}.weight"] = hwc_columns_to_chw(ae[last]["kernel"], self.image_shape)
-    out[f"decoder_layers.{n_enc - 1}.bias"] = hwc_vector_to_chw(ae[last]["bias"], self.image_shape)
+    for l in range(len(self.convs)):
+      out[f"convs.{l}.weight"] = conv_weight(ae[f"convs_{l}"]["kernel"])
+      out[f"convs.{l}.bias"] = np.asarray(ae[f"convs_{l}"]["bias"])
+      out[f"deconvs.{l}.weight"] = conv_transpose_weight(ae[f"deconvs_{l}"]["kernel"])
+      out[f"deconvs.{l}.bias"] = np.asarray(ae[f"deconvs_{l}"]["bias"])
+    out["embedding.weight"] = hwc_rows_to_chw(ae["embedding"]["kernel"], self.top_shape)
+    out["embedding.bias"] = np.asarray(ae["embedding"]["bias"])
+    out["dense.weight"] = hwc_columns_to_chw(ae["dense"]["kernel"], self.top_shape)
+    out["dense.bias"] = hwc_vector_to_chw(ae["dense"]["bias"], self.top_shape)
+    for name, flax_name, layout in self._norms():
+      out[f"{name}.weight"] = layout(ae[flax_name]["scale"])
+      out[f"{name}.bias"] = layout(ae[flax_name]["bias"])
+    return out
+
+  def buffer_layout(self, params) -> dict[str, np.ndarray]:
+    return self.batch_stats_layout(params[MODEL_STATE]["batch_stats"])
+
+  def batch_stats_layout(self, batch_stats) -> dict[str, np.ndarray]:
+    """Flax's running averages ``batch_stats`` as the twin's buffers."""
+    out = {}
+    for name, flax_name, layout in self._norms():
+      out[f"{name}.running_mean"] = layout(batch_stats[flax_name]["mean"])
+      out[f"{name}.running_var"] = layout(batch_stats[flax_name]["var"])
+      out[f"{name}.num_batches_tracked"] = np.zeros(())
     return out
 
 
 TWINS: dict[str, type[Twin]] = {
     "dec": DecTwin,
     "depict": DepictTwin,
+    "ics": IcsTwin,
     "idec": DecTwin,
 }

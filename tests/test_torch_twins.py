@@ -5,7 +5,9 @@ Dropout: each check runs the noisy pathway with dropout on, at the config's rate
 the twin the very keep masks that Flax's ``nn.Dropout`` drew inside ``m_step_loss`` (caught
 with ``flax.linen.intercept_methods``). That compares the real training objective, dropout
 and its 1/(1-p) scaling included, rather than a dropout-free variant of it; the twin's own
-``nn.Dropout`` draws are what the benchmark uses.
+``nn.Dropout`` draws are what the benchmark uses. Likewise the other draws of the newer
+twins' steps (ICS's augmented positives and copies): each is made once on the JAX side, from the key the JAX loss
+gets, and handed to the twin.
 """
 
 import math
@@ -24,8 +26,10 @@ from torch.nn import functional as F
 
 from jaxclust import algos
 from jaxclust import nn as jnn
-from jaxclust.algos import dec, depict
+from jaxclust import augment
+from jaxclust.algos import dec, depict, ics
 from jaxclust.configs.depict import DATASET_SETTINGS
+from jaxclust.engine import MODEL_STATE
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import torch_twins
@@ -36,6 +40,7 @@ torch.set_num_threads(2)
 # ATen, so values agree to a few ulps of their largest terms.
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5  # atol relative to the largest |gradient| of the parameter
+FLOAT32 = {"loss": (LOSS_RTOL, LOSS_ATOL), "grad": (GRAD_RTOL, GRAD_ATOL)}
 
 BATCH = 6
 KINK_MARGIN = 1e-7  # see _min_abs_preactivation
@@ -127,8 +132,8 @@ def _jax_reference(algo):
   return run
 
 
-def _min_abs_preactivation(twin, *m_step_args):
-  """The smallest |input| of any (leaky) ReLU of the twin in ``twin.m_step_loss(*m_step_args)``.
+def _min_abs_preactivation(twin, loss_fn):
+  """The smallest |input| of any (leaky) ReLU of the twin in ``loss_fn()`` (a twin's loss).
 
   Leaky ReLU's (and ReLU's) slope jumps at 0: a pre-activation within rounding error of 0
   can land on either side in XLA and in ATen, and that one element's gradient then differs
@@ -138,7 +143,7 @@ def _min_abs_preactivation(twin, *m_step_args):
   hooks = [m.register_forward_hook(lambda m, inputs, out: smallest.append(float(inputs[0].abs().min())))
            for m in twin.modules() if isinstance(m, (torch.nn.LeakyReLU, torch.nn.ReLU))]
   with torch.no_grad():
-    twin.m_step_loss(*m_step_args)
+    loss_fn()
   for hook in hooks:
     hook.remove()
   assert smallest, "the twin has no (leaky) ReLU module to watch"
@@ -157,18 +162,30 @@ def _torch_loss_and_grads(twin, loss_fn):
 
 def _assert_same(jax_result, torch_result, twin):
   ((jax_loss, (jax_terms, _)), jax_grads) = jax_result
+  _assert_same_loss_and_grads(jax_loss, jax_terms, jax_grads, torch_result, twin)
+
+
+def _assert_same_loss_and_grads(jax_loss, jax_terms, jax_grads, torch_result, twin, zero=(), tolerance=FLOAT32):
+  """``zero``: parameters whose gradient is 0 in exact arithmetic (the bias of a layer that
+  batch norm follows, whose mean it subtracts): both sides must be rounding noise, small
+  next to the largest gradient of any parameter."""
   torch_loss, torch_terms, torch_grads = torch_result
+  (loss_rtol, loss_atol), (grad_rtol, grad_atol) = tolerance["loss"], tolerance["grad"]
   assert torch_terms.keys() == jax_terms.keys()
-  np.testing.assert_allclose(torch_loss, float(jax_loss), rtol=LOSS_RTOL, atol=LOSS_ATOL)
+  np.testing.assert_allclose(torch_loss, float(jax_loss), rtol=loss_rtol, atol=loss_atol)
   for name in jax_terms:
-    np.testing.assert_allclose(torch_terms[name], float(jax_terms[name]), rtol=LOSS_RTOL, atol=LOSS_ATOL,
+    np.testing.assert_allclose(torch_terms[name], float(jax_terms[name]), rtol=loss_rtol, atol=loss_atol,
                                err_msg=name)
   expected = twin.torch_layout(jax_grads)
   assert expected.keys() == torch_grads.keys()
+  largest = max(float(np.abs(grad).max()) for grad in expected.values())
   for name, grad in expected.items():
     assert torch_grads[name].shape == grad.shape, name
-    scale = max(float(np.abs(grad).max()), 1e-6)
-    np.testing.assert_allclose(torch_grads[name], grad, rtol=GRAD_RTOL, atol=GRAD_ATOL * scale, err_msg=name)
+    if name in zero:
+      assert max(np.abs(grad).max(), np.abs(torch_grads[name]).max()) < grad_atol * largest, name
+      continue
+    scale = largest if tolerance.get("grad_atol_of") == "model" else max(float(np.abs(grad).max()), 1e-6)
+    np.testing.assert_allclose(torch_grads[name], grad, rtol=grad_rtol, atol=grad_atol * scale, err_msg=name)
 
 
 def _check_twin(algo, twin, image_shape):
@@ -183,7 +200,7 @@ def _check_twin(algo, twin, image_shape):
     m_step, warmup, soft, e_step = reference(params, jnp.asarray(x), jnp.asarray(weights), jnp.asarray(targets))
     masks = [torch.from_numpy(torch_twins.to_nchw(np.asarray(m, np.float32))) for m in m_step[0][1][1]]
     x_t, w_t, t_t = (torch.from_numpy(a) for a in (torch_twins.to_nchw(x), weights, targets))
-    if _min_abs_preactivation(twin, x_t, w_t, t_t, masks) > KINK_MARGIN:
+    if _min_abs_preactivation(twin, lambda: twin.m_step_loss(x_t, w_t, t_t, masks)) > KINK_MARGIN:
       break
   else:
     raise AssertionError("no batch kept its pre-activations clear of 0")
@@ -235,8 +252,204 @@ def test_dec_twin_matches_losses_and_gradients(case):
   assert _check_twin(dec.Dec(config, image_shape), torch_twins.DecTwin(config, image_shape), image_shape) == []
 
 
+# ----------------------------------------------------------------------------- the newer twins
+
+
+def _nchw(a):
+  return torch.from_numpy(torch_twins.to_nchw(np.array(a, np.float32)))
+
+
+def _tensor(a):
+  return torch.from_numpy(np.array(a))
+
+
+def _with_state(params, **state):
+  """``params`` with entries of the model state replaced."""
+  return {**params, MODEL_STATE: {**params[MODEL_STATE], **state}}
+
+
+def _parity(twin, params, jax_loss, torch_loss, zero=(), tolerance=FLOAT32):
+  """Loads ``params`` into the twin and checks ``torch_loss()`` against ``jax_loss(params)``:
+  loss, terms and every gradient. Returns the model state the JAX loss gives back (or None)."""
+  (loss, terms), grads = jax.jit(jax.value_and_grad(jax_loss, has_aux=True))(params)
+  terms = dict(terms)
+  state = terms.pop(MODEL_STATE, None)
+  twin.load_flax(params)
+  _assert_same_loss_and_grads(loss, terms, grads, _torch_loss_and_grads(twin, torch_loss), twin, zero, tolerance)
+  return state
+
+
+def _search_batch(twin, params, make, loss_fns):
+  """``make(seed)``'s first output whose pre-activations stay clear of 0 in every one of
+  ``loss_fns(made)`` (see :func:`_min_abs_preactivation`)."""
+  for seed in range(20):
+    made = make(seed)
+    twin.load_flax(params)
+    if min(_min_abs_preactivation(twin, fn) for fn in loss_fns(made)) > KINK_MARGIN:
+      return made
+  raise AssertionError("no batch kept its pre-activations clear of 0")
+
+
+def _dataset_and_batch(image_shape, k, batch_size, n_rows, seed):
+  """A dataset ``[n_rows, H, W, C]``, a batch of it with its last row padding, and targets."""
+  rng = np.random.default_rng(seed)
+  dataset = rng.uniform(-1, 1, (n_rows, *image_shape)).astype(np.float32)
+  index = rng.choice(n_rows, batch_size, replace=False).astype(np.int32)
+  weights = np.ones(batch_size, np.float32)
+  weights[-1] = 0.0
+  q = rng.dirichlet(np.ones(k), batch_size).astype(np.float32)
+  batch = {"x": jnp.asarray(dataset[index]), "weights": jnp.asarray(weights), "index": jnp.asarray(index),
+           "dataset": jnp.asarray(dataset)}
+  return batch, q, rng
+
+
+ICS_BATCH, ICS_ROWS = 12, 20
+# name: (image shape, IcsConfig fields). The digits' network; a non-square three-channel image
+# whose pools round up and whose decoder crops, with every option of eq. 5 and 7 changed; and
+# the objective without its triplet and reconstruction terms.
+ICS_CASES = {
+    "digits": ((8, 8, 1), ics.dataset_settings("digits", (8, 8, 1))),
+    "odd-image-options": ((7, 10, 3), {
+        "n_clusters": 4, "conv_features": (4, 6, 8), "embedding_dim": 5, "alpha": 2.0, "margin": 0.5,
+        "reconstruction_weight": 0.7, "clustering_weight": 0.3, "triplet_weight": 1.2, "entropy_weight": 0.2,
+        "triplet_normalize": False, "triplet_squared": False, "flip_probability": 0.5}),
+    "no-triplet-no-reconstruction": ((8, 8, 1), {"n_clusters": 3, "conv_features": (4, 6), "triplet_weight": 0.0,
+                                                 "reconstruction_weight": 0.0}),
+}
+
+
+def _assert_running_averages(twin, old_stats, new_stats, momentum):
+  """The twin's batch-norm buffers after a step against Flax's new running averages: the same
+  means; the variances differ by PyTorch's unbiased batch variance (``n / (n - 1)`` times the
+  biased one Flax averages in), which is undone here. ``n`` is read from the twin's module."""
+  old, new = twin.batch_stats_layout(old_stats), twin.batch_stats_layout(new_stats)
+  buffers = dict(twin.named_buffers())
+  for name, _, _ in twin._norms():
+    mean, var = f"{name}.running_mean", f"{name}.running_var"
+    np.testing.assert_allclose(buffers[mean].numpy(), new[mean], rtol=1e-5, atol=1e-6, err_msg=mean)
+    if np.array_equal(new[mean], old[mean]):  # not run by this loss
+      np.testing.assert_array_equal(buffers[var].numpy(), old[var], err_msg=var)
+      continue
+    biased = (new[var] - momentum * old[var]) / (1.0 - momentum)
+    n = twin.batch_counts[name]
+    expected = momentum * old[var] + (1.0 - momentum) * biased * n / (n - 1)
+    np.testing.assert_allclose(buffers[var].numpy(), expected, rtol=1e-4, atol=1e-5, err_msg=var)
+
+
+def _count_batch_norm_rows(twin):
+  """Hooks that record, per batch norm of the ICS twin, the number of values per channel its
+  last training-mode call averaged (``twin.batch_counts``)."""
+  twin.batch_counts = {}
+  original = torch_twins.batch_norm
+
+  def counting(norm, h, train, mask=None):
+    if train:
+      name = next(n for n, module in twin.named_modules() if module is norm)
+      rows = h.shape[0] if mask is None else int(mask.sum())
+      twin.batch_counts[name] = rows * math.prod(h.shape[2:])
+    return original(norm, h, train, mask)
+
+  return counting
+
+
+@pytest.mark.parametrize("case", sorted(ICS_CASES))
+def test_ics_twin_matches_losses_gradients_and_batch_statistics(case, monkeypatch):
+  image_shape, fields = ICS_CASES[case]
+  config = ics.IcsConfig(**fields)
+  algo, twin = ics.Ics(config, image_shape), torch_twins.IcsTwin(config, image_shape)
+  k = config.n_clusters
+  params = _random_params(algo, image_shape)
+  # Batch-norm scales about 1, as trained ones are (at 0.1 whole channels stay on one side of
+  # the ReLU's kink), and positive running variances.
+  rng_np = np.random.default_rng(5)
+  uniform = lambda leaf: jnp.asarray(rng_np.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+  ae = {name: {**layer, "scale": uniform(layer["scale"])} if "norm" in name else layer
+        for name, layer in params["ae"].items()}
+  stats = {name: {**norm, "var": uniform(norm["var"])} for name, norm in params[MODEL_STATE]["batch_stats"].items()}
+  params = _with_state({**params, "ae": ae}, batch_stats=stats)
+  key = jax.random.key(1)
+  draw_positives = jax.jit(algo._augment)  # what Ics.m_step_loss draws from its key
+
+  def make(seed):
+    batch, q, rng = _dataset_and_batch(image_shape, k, ICS_BATCH, ICS_ROWS, seed)
+    targets = {"q": jnp.asarray(q), "negative": jnp.asarray(rng.integers(0, ICS_ROWS, ICS_BATCH), jnp.int32)}
+    positives = draw_positives(key, batch["x"])
+    twin.use_dataset(_nchw(batch["dataset"]))
+    torch_args = (_nchw(batch["x"]), _tensor(batch["weights"]),
+                  {"q": _tensor(q), "negative": torch.from_numpy(np.asarray(targets["negative"], np.int64))},
+                  _nchw(positives))
+    return batch, targets, torch_args
+
+  def losses(made):
+    x_t, w_t, t_t, pos_t = made[2]
+    return [lambda: twin.warmup_loss(x_t, w_t), lambda: twin.m_step_loss(x_t, w_t, t_t, pos_t)]
+
+  batch, targets, (x_t, w_t, t_t, pos_t) = _search_batch(twin, params, make, losses)
+  monkeypatch.setattr(torch_twins, "batch_norm", _count_batch_norm_rows(twin))
+  normalised = ([f"convs.{l}.bias" for l in range(len(twin.convs))] + ["dense.bias"]
+                + [f"deconvs.{l}.bias" for l in range(1, len(twin.deconvs))])
+  state = _parity(twin, params, lambda p: algo.m_step_loss(p, batch, targets, key),
+                  lambda: twin.m_step_loss(x_t, w_t, t_t, pos_t), normalised)
+  _assert_running_averages(twin, stats, state["batch_stats"], 0.99)
+  # In the warm-up the embedding only reaches the loss through the decoder's dense layer and
+  # its batch norm, which subtracts whatever the embedding's bias adds.
+  state = _parity(twin, params, lambda p: algo.warmup_loss(p, batch, key), lambda: twin.warmup_loss(x_t, w_t),
+                  [*normalised, "embedding.bias"])
+  _assert_running_averages(twin, stats, state["batch_stats"], 0.99)
+  _assert_ics_e_step(algo, twin, params, batch["x"], x_t)
+
+
+def _assert_ics_e_step(algo, twin, params, x, x_t):
+  """``predict`` (soft assignments, embedding, Algorithm 1's radius from the augmented copies)
+  and ``e_step`` (DEC's targets, the negatives) against jaxclust's, given the copies and the
+  candidates jaxclust draws from its keys (see ``Ics._selection_features`` and ``e_step``)."""
+  cfg = algo.config
+
+  @jax.jit
+  def reference(params, x):
+    predicted = algo.predict(params, x)
+    bits = jax.lax.bitcast_convert_type(jnp.sum(x), jnp.uint32)
+    key = jax.random.fold_in(algo._draw_key(params[MODEL_STATE]["steps"], 0), bits)
+    copies = algo._augment(key, jnp.tile(x, (cfg.negative_augmentations, 1, 1, 1)))
+    candidates = jax.random.randint(algo._draw_key(predicted["steps"][0], 1), (x.shape[0], cfg.negative_candidates),
+                                    0, x.shape[0], dtype=jnp.int32)
+    return predicted, algo.e_step(predicted), copies, candidates
+
+  predicted, targets, copies, candidates = reference(params, x)
+  twin.load_flax(params)  # the running averages before the steps above
+  with torch.no_grad():
+    twin_predicted = twin.predict(x_t, _nchw(copies))
+    for name in ("soft", "embedding", "radius"):
+      np.testing.assert_allclose(twin_predicted[name].numpy(), np.asarray(predicted[name]), rtol=1e-5, atol=1e-6,
+                                 err_msg=name)
+    # The E-step of the very same predictions: the same negatives.
+    twin_targets = twin.e_step({name: _tensor(predicted[name]) for name in ("soft", "embedding", "radius")},
+                               torch.from_numpy(np.asarray(candidates, np.int64)))
+  np.testing.assert_allclose(twin_targets["q"].numpy(), np.asarray(targets["q"]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(twin_targets["negative"].numpy(), np.asarray(targets["negative"]))
+
+
+@pytest.mark.parametrize("image_shape", [(8, 8, 1), (7, 10, 3)])
+def test_ics_twin_augments_as_jaxclust_does(image_shape):
+  """The twin's resampling of given rotations, zooms and shifts is jaxclust's."""
+  rng = np.random.default_rng(0)
+  height, width, _ = image_shape
+  x = rng.uniform(-1, 1, (5, *image_shape)).astype(np.float32)
+  angles, scales = rng.uniform(-30, 30, 5), rng.uniform(0.7, 1.3, 5)
+  offsets = rng.uniform(-2, 2, (5, 2))
+  matrices = augment.compose(augment.shift_matrices(offsets), augment.compose(
+      augment.scale_matrices(scales, height, width), augment.rotation_matrices(angles, height, width)))
+  twin_matrices = torch_twins.augmentation_matrices(*(torch.from_numpy(np.asarray(a, np.float32))
+                                                      for a in (angles, scales, offsets)), height, width)
+  np.testing.assert_allclose(twin_matrices.numpy(), np.asarray(matrices), rtol=1e-5, atol=1e-5)
+  expected = augment.affine(jnp.asarray(x), matrices)
+  actual = torch_twins.affine(_nchw(x), twin_matrices)
+  np.testing.assert_allclose(actual.numpy(), torch_twins.to_nchw(np.asarray(expected)), rtol=1e-5, atol=1e-5)
+
+
 def test_every_twin_builds_from_its_algorithms_digits_config():
   for name, twin_cls in torch_twins.TWINS.items():
     module = algos.REGISTRY[name]
     twin = twin_cls(module.Config(**module.dataset_settings("digits", (8, 8, 1))), (8, 8, 1))
-    assert twin.predict(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    predicted = twin.predict(torch.zeros(2, 1, 8, 8))
+    assert (predicted["soft"] if isinstance(predicted, dict) else predicted).shape == (2, 10)
