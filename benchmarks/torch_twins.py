@@ -17,21 +17,24 @@ Every twin is a ``torch.nn.Module`` (:class:`Twin`) with
   ``torch_layout(tree) -> {parameter name: array}``: a pytree shaped like the Flax
   parameters (the parameters, or their gradients) in the twin's layout
   ``buffer_layout(params) -> {buffer name: array}``: the twin's buffers (batch-norm running
-  averages) from the Flax parameters' model state
+  averages, a spectral head's state) from the Flax parameters' model state
   ``load_flax(params)``: copies Flax parameters into the twin
-  ``use_dataset(x)``: the whole dataset, for losses that read other rows (ICS's negatives)
+  ``use_dataset(x)``: the whole dataset, for losses that read other rows (ICS's negatives,
+  SpectralNet's orthogonalization batch)
 
 ``x`` is ``[N, C, H, W]`` (:func:`to_nchw` turns jaxclust's ``[N, H, W, C]`` into it),
 ``weights`` ``[N]`` per-sample weights (0 for padding rows), ``targets`` the rows of what
 ``e_step`` returns (``[N, K]``, or ICS's dict); the terms carry the names jaxclust's losses
 give them. A twin draws its step's randomness itself unless ``draws`` fixes it, as the parity
 tests do with what JAX drew: DEPICT's dropout keep masks (one per dropout site, each shaped
-like the activation it drops, NCHW), ICS's augmented positives.
+like the activation it drops, NCHW), ICS's augmented positives, SpectralNet's
+orthogonalization rows.
 
 ``TWINS`` maps ``--algo`` names to twin classes, built as ``TWINS[name](config, image_shape)``
 from the algorithm's config and its (``[H, W, C]``) image shape, like the algorithms
 themselves: ``depict`` (paper 000, eq. 12), ``dec`` / ``idec`` (the MLP autoencoder and the
-Student-t KL objective) and ``ics`` (paper 003, eq. 7).
+Student-t KL objective), ``ics`` (paper 003, eq. 7) and ``spectralnet`` (SpectralNet's
+Algorithm 1).
 """
 
 from __future__ import annotations
@@ -682,9 +685,214 @@ class IcsTwin(Twin):
     return out
 
 
+# ----------------------------------------------------------------------------- the spectral head
+# SpectralNet's and DSCDAN's (jaxclust.spectral, jaxclust.algos.spectralnet).
+
+OUTPUT_ACTIVATIONS = {"linear": None, "tanh": torch.tanh, "softmax": lambda y: torch.softmax(y, dim=-1)}
+
+
+def orthonorm_weights(y: torch.Tensor, weights: torch.Tensor | None = None, jitter: float = 1e-6) -> torch.Tensor:
+  """:func:`jaxclust.spectral.orthonorm_weights`: ``W = sqrt(m) (L^-1)^T`` with ``L L^T =
+  Y^T diag(weights) Y + jitter * s I`` (``s`` the mean of its diagonal), so that
+  ``(Y W)^T diag(weights) (Y W) / m = I``; from the QR factor of ``Y`` stacked on
+  ``sqrt(jitter * s) I`` where Cholesky is ill-conditioned, the same test deciding."""
+  k = y.shape[1]
+  weights = torch.ones(y.shape[0], dtype=y.dtype, device=y.device) if weights is None else weights.to(y.dtype)
+  info = torch.finfo(y.dtype)
+  y_w = y * torch.sqrt(weights)[:, None]
+  eye = torch.eye(k, dtype=y.dtype, device=y.device)
+  gram = y_w.T @ y_w
+  diag_mean = torch.trace(gram) / k
+  floor = math.sqrt(info.tiny)
+  jitter_abs = max(jitter, info.eps) * torch.clamp(diag_mean, min=floor) + floor
+  check, failed = torch.linalg.cholesky_ex(gram.detach() + jitter_abs.detach() * eye)
+  threshold = torch.maximum(2.0 * jitter_abs, math.sqrt(info.eps) * diag_mean).detach()
+  if int(failed) == 0 and bool(torch.isfinite(check).all()) and bool(torch.diagonal(check).min() ** 2 > threshold):
+    inv_lt = torch.linalg.solve_triangular(torch.linalg.cholesky(gram + jitter_abs * eye), eye, upper=False).T
+  else:
+    r = torch.linalg.qr(torch.cat([y_w, torch.sqrt(jitter_abs) * eye]), mode="reduced").R
+    signs = torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(y.dtype)
+    inv_lt = torch.linalg.solve_triangular(r, eye, upper=True) * signs[None, :]
+  return torch.sqrt(weights.sum()) * inv_lt
+
+
+def knn_affinity(x: torch.Tensor, n_neighbors: int, scale: float | None = None, scale_neighbor: int | None = None,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+  """:func:`jaxclust.spectral.knn_affinity`: ``W = (A + A^T) / 2`` with ``A_ij = exp(-||x_i -
+  x_j||^2 / (2 sigma^2))`` for the ``n_neighbors`` nearest ``j != i`` (rows of weight 0 are
+  nobody's neighbours and have no edges); ``sigma`` is ``scale``, or the median distance to
+  the ``scale_neighbor``-th neighbour (NumPy's median, the mean of the middle two)."""
+  b, k = x.shape[0], n_neighbors
+  s = (k if scale_neighbor is None else scale_neighbor) if scale is None else 0
+  valid = torch.ones(b, dtype=torch.bool, device=x.device) if weights is None else weights > 0
+  sq_norms = x.square().sum(dim=1)
+  sq = torch.clamp(sq_norms[:, None] + sq_norms[None, :] - 2.0 * x @ x.T, min=0.0)
+  excluded = torch.eye(b, dtype=torch.bool, device=x.device) | ~valid[None, :]
+  nbr_sq, index = torch.topk(sq.masked_fill(excluded, math.inf), max(k, s), dim=1, largest=False)
+  if scale is None:
+    farthest = nbr_sq[:, s - 1]
+    keep = torch.isfinite(farthest) & valid
+    sigma = torch.nanquantile(torch.where(keep, torch.sqrt(torch.where(keep, farthest, 0.0)), math.nan), 0.5)
+  else:
+    sigma = torch.tensor(scale, dtype=x.dtype, device=x.device)
+  sigma_sq = torch.clamp(sigma.square(), min=torch.finfo(x.dtype).tiny)
+  nbr_sq = nbr_sq[:, :k]
+  finite = torch.isfinite(nbr_sq)
+  values = torch.where(finite & valid[:, None], torch.exp(-torch.where(finite, nbr_sq, 0.0) / (2.0 * sigma_sq)), 0.0)
+  a = torch.zeros(b, b, dtype=x.dtype, device=x.device).scatter(1, index[:, :k], values)
+  return (a + a.T) / 2.0
+
+
+def batch_spectral_loss(y: torch.Tensor, affinity: torch.Tensor, weights: torch.Tensor, batch_size: int) -> torch.Tensor:
+  """:func:`jaxclust.algos.spectralnet.batch_spectral_loss`: ``1/B^2 sum_ij w_i w_j W_ij
+  ||y_i - y_j||^2`` over the configured batch size ``B`` (eq. 3 / paper 002 eq. 16)."""
+  m = weights.sum()
+  sq = (y[:, None, :] - y[None, :, :]).square().sum(dim=-1)
+  total = (affinity * sq * (weights[:, None] * weights[None, :])).sum()
+  loss = torch.where(m > 0, total / torch.where(m > 0, m, 1.0) ** 2, 0.0)
+  return loss * (m / batch_size) ** 2
+
+
+class SpectralNetwork(nn.Module):
+  """:class:`jaxclust.nn.SpectralMLP`: ``Linear`` layers with ReLU, then a ``Linear`` layer of
+  ``K`` units (linear: the caller applies the output activation). Xavier-uniform weights."""
+
+  def __init__(self, in_features: int, hidden: Sequence[int], n_clusters: int):
+    super().__init__()
+    sizes = [in_features, *hidden]
+    self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+    self.output = nn.Linear(sizes[-1], n_clusters)
+    self.activation = nn.ReLU()
+    for layer in [*self.hidden, self.output]:
+      nn.init.xavier_uniform_(layer.weight)
+      nn.init.zeros_(layer.bias)
+
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    h = z.flatten(1)
+    for layer in self.hidden:
+      h = self.activation(layer(h))
+    return self.output(h)
+
+  @staticmethod
+  def layout(tree, prefix: str) -> dict[str, np.ndarray]:
+    """The twin's names (under ``prefix``) for the Flax network's parameters ``tree``."""
+    names = {f"hidden.{l}": f"hidden{l + 1}" for l in range(len(tree) - 1)} | {"output": "output"}
+    out = {}
+    for name, flax_name in names.items():
+      out[f"{prefix}.{name}.weight"] = dense_weight(tree[flax_name]["kernel"])
+      out[f"{prefix}.{name}.bias"] = np.asarray(tree[flax_name]["bias"])
+    return out
+
+
+class SpectralHead:
+  """The spectral head's state as buffers (:func:`jaxclust.algos.spectralnet.spectral_state`:
+  the orthonorm weights, the k-means centroids of the outputs and of the codes, whether the
+  outputs were clustered) and the steps that use it, for a twin with ``self.spectral`` (a
+  :class:`SpectralNetwork`) and ``self.config``."""
+
+  def register_spectral_state(self, n_clusters: int, code_dim: int) -> None:
+    self.register_buffer("orthonorm", torch.eye(n_clusters))
+    self.register_buffer("output_centroids", torch.zeros(n_clusters, n_clusters))
+    self.register_buffer("code_centroids", torch.zeros(n_clusters, code_dim))
+    self.register_buffer("clustered", torch.zeros(()))
+
+  def spectral_state_layout(self, state) -> dict[str, np.ndarray]:
+    return {"orthonorm": state["orthonorm"], "output_centroids": state["centroids"],
+            "code_centroids": state["code_centroids"], "clustered": state["clustered"]}
+
+  def orthogonalization_rows(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, weights)``: ``batch_size`` distinct rows of the dataset, uniformly; where the
+    dataset is smaller, all of its rows and padding (weight 0)."""
+    n = self.dataset.shape[0]
+    index = torch.randperm(n, device=self.dataset.device)[:batch_size]
+    weights = torch.ones(batch_size, dtype=self.dataset.dtype, device=self.dataset.device)
+    if n < batch_size:
+      index = torch.cat([index, index.new_zeros(batch_size - n)])
+      weights[n:] = 0.0
+    return index, weights
+
+  def spectral_step(self, y_tilde, codes, weights, y_tilde_orth=None, weights_orth=None) -> torch.Tensor:
+    """The spectral loss of one step: the orthonorm weights from the orthogonalization batch's
+    ``Y~`` (or the step's own), held fixed unless ``orthonorm_gradient``, stored as the
+    state; the codes' kNN affinity, a fixed graph."""
+    cfg = self.config
+    if y_tilde_orth is None:
+      y_tilde_orth, weights_orth = y_tilde, weights
+    orthonorm = orthonorm_weights(y_tilde_orth, weights_orth, cfg.orthonorm_jitter)
+    if not cfg.orthonorm_gradient:
+      orthonorm = orthonorm.detach()
+    with torch.no_grad():
+      self.orthonorm.copy_(orthonorm)
+      affinity = knn_affinity(codes, cfg.n_neighbors, cfg.affinity_scale,
+                              None if cfg.affinity_scale is not None else cfg.scale_neighbor, weights)
+    return batch_spectral_loss(y_tilde @ orthonorm, affinity, weights, cfg.batch_size)
+
+  def spectral_soft_assignments(self, codes, y_tilde=None, outputs=None) -> torch.Tensor:
+    """Student-t of ``Y~ W`` around the outputs' centroids (or ``outputs``), or, before the
+    outputs were clustered, of the codes around theirs."""
+    if outputs is None:
+      outputs = student_t_assign(y_tilde @ self.orthonorm, self.output_centroids)
+    return torch.where(self.clustered > 0, outputs, student_t_assign(codes, self.code_centroids))
+
+
+class SpectralNetTwin(MLPAutoencoderParts, SpectralHead, Twin):
+  """SpectralNet (:class:`jaxclust.algos.spectralnet.SpectralNet`): DEC's autoencoder
+  (:class:`MLPAutoencoderParts`) whose frozen codes a :class:`SpectralNetwork` (tanh on its
+  last layer by default) maps to ``Y~``; the orthonorm layer's weights and the k-means
+  centroids are buffers (:class:`SpectralHead`).
+
+  Warm-up: the autoencoder's reconstruction error. M-step (Algorithm 1): the orthonorm weights
+  from an orthogonalization batch of the dataset (:meth:`Twin.use_dataset`), drawn by the
+  twin unless ``orthogonalization`` gives its ``(index, weights)``, or from the step's own
+  batch; the spectral loss of the batch's outputs under them, on the codes' kNN affinity.
+  Targets are not read. ``predict`` / ``e_step`` as jaxclust's (the outputs' Student-t; the
+  identity).
+  """
+
+  def __init__(self, config, image_shape: Sequence[int]):
+    super().__init__()
+    self.config = config
+    self.build_autoencoder(image_shape, config.hidden_dims, config.embedding_dim)
+    self.spectral = SpectralNetwork(config.embedding_dim, config.spectral_hidden, config.n_clusters)
+    self.output_activation = OUTPUT_ACTIVATIONS[config.output_activation]
+    self.register_spectral_state(config.n_clusters, config.embedding_dim)
+
+  def _y_tilde(self, codes):
+    y = self.spectral(codes)
+    return y if self.output_activation is None else self.output_activation(y)
+
+  def warmup_loss(self, x, weights, orthogonalization=None):
+    rec = reconstruction_error(x, self.decode(self.encode(x)), weights)
+    return rec, {"reconstruction": rec}
+
+  def m_step_loss(self, x, weights, targets, orthogonalization=None):
+    codes = self.encode(x).detach()
+    y_tilde_orth = weights_orth = None
+    if self.config.orthonorm_batch == "separate":
+      index, weights_orth = (self.orthogonalization_rows(x.shape[0]) if orthogonalization is None
+                             else orthogonalization)
+      y_tilde_orth = self._y_tilde(self.encode(self.dataset[index]).detach())
+    loss = self.spectral_step(self._y_tilde(codes), codes, weights, y_tilde_orth, weights_orth)
+    return loss, {"spectral": loss}
+
+  def predict(self, x):
+    codes = self.encode(x)
+    return self.spectral_soft_assignments(codes, self._y_tilde(codes))
+
+  def e_step(self, soft_assignments):
+    return soft_assignments
+
+  def torch_layout(self, tree) -> dict[str, np.ndarray]:
+    return {**self.autoencoder_layout(tree["ae"]), **SpectralNetwork.layout(tree["spectral"], "spectral")}
+
+  def buffer_layout(self, params) -> dict[str, np.ndarray]:
+    return self.spectral_state_layout(params[MODEL_STATE])
+
+
 TWINS: dict[str, type[Twin]] = {
     "dec": DecTwin,
     "depict": DepictTwin,
     "ics": IcsTwin,
     "idec": DecTwin,
+    "spectralnet": SpectralNetTwin,
 }

@@ -6,7 +6,7 @@ the twin the very keep masks that Flax's ``nn.Dropout`` drew inside ``m_step_los
 with ``flax.linen.intercept_methods``). That compares the real training objective, dropout
 and its 1/(1-p) scaling included, rather than a dropout-free variant of it; the twin's own
 ``nn.Dropout`` draws are what the benchmark uses. Likewise the other draws of the newer
-twins' steps (ICS's augmented positives and copies): each is made once on the JAX side, from the key the JAX loss
+twins' steps (ICS's augmented positives and copies, SpectralNet's orthogonalization rows): each is made once on the JAX side, from the key the JAX loss
 gets, and handed to the twin.
 """
 
@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from jaxclust import algos
 from jaxclust import nn as jnn
-from jaxclust import augment
-from jaxclust.algos import dec, depict, ics
+from jaxclust import augment, spectral
+from jaxclust.algos import dec, depict, ics, spectralnet
 from jaxclust.configs.depict import DATASET_SETTINGS
 from jaxclust.engine import MODEL_STATE
 
@@ -445,6 +445,108 @@ def test_ics_twin_augments_as_jaxclust_does(image_shape):
   expected = augment.affine(jnp.asarray(x), matrices)
   actual = torch_twins.affine(_nchw(x), twin_matrices)
   np.testing.assert_allclose(actual.numpy(), torch_twins.to_nchw(np.asarray(expected)), rtol=1e-5, atol=1e-5)
+
+
+SPECTRAL_BATCH, SPECTRAL_ROWS = 12, 24
+
+
+def _spectral_params(algo, image_shape, code_layer):
+  """Random parameters with a spectral head's state: the dataset's size (the orthogonalization
+  batches draw from it), outputs clustered.
+
+  The layer that makes the codes, ``params["ae"][code_layer]``, is scaled up tenfold: with
+  the random weights the codes hardly vary (about 0.05 around biases of 0.1), so neither do
+  the spectral network's outputs ``Y~``; their Gram matrix is then near-singular (condition
+  numbers of 1e3 to 1e4) and the orthonormalization loses ``eps * cond`` in either framework,
+  more than the tolerances here. Codes spread as trained ones do (about 0.5) give condition
+  numbers of 10 to 500."""
+  params = _random_params(algo, image_shape)
+  ae = {**params["ae"], code_layer: jax.tree.map(lambda v: 10.0 * v, params["ae"][code_layer])}
+  return _with_state({**params, "ae": ae}, n_samples=jnp.float32(SPECTRAL_ROWS), clustered=jnp.float32(1.0))
+
+
+def _assert_orthonorm(twin, state, tolerance=FLOAT32):
+  """The orthonorm weights the twin's step stored against those of jaxclust's state."""
+  expected = np.asarray(state["orthonorm"])
+  rtol, atol = tolerance["grad"]
+  np.testing.assert_allclose(twin.orthonorm.numpy(), expected, rtol=rtol, atol=atol * np.abs(expected).max())
+
+
+def _assert_spectral_predictions(algo, twin, params, batch, x_t):
+  """``predict`` before the outputs were clustered (Student-t of the codes) and after."""
+  for clustered in (0.0, 1.0):
+    state_params = _with_state(params, clustered=jnp.float32(clustered))
+    twin.load_flax(state_params)
+    with torch.no_grad():
+      np.testing.assert_allclose(twin.predict(x_t).numpy(), np.asarray(jax.jit(algo.predict)(state_params, batch["x"])),
+                                 rtol=1e-5, atol=1e-6, err_msg=f"clustered={clustered}")
+
+
+def _cancelling_output_bias(config, logits_read=False):
+  """The spectral network's output bias adds the same row to every ``Y~``, which cancels in
+  ``y_i - y_j`` where the outputs are linear in it and the orthonorm weights are held fixed
+  (and the prior does not read the logits): its gradient is then 0."""
+  linear = config.output_activation == "linear" and not config.orthonorm_gradient and not logits_read
+  return ["spectral.output.bias"] if linear else []
+
+
+# name: (image shape, SpectralNetConfig fields). The digits' networks with a separate
+# orthogonalization batch (more rows than clusters: the Cholesky path); the step's own batch,
+# a fixed scale, linear outputs and fixed orthonorm weights on a two-channel image; more
+# clusters than rows (the QR path, with a jitter that keeps its factor well-conditioned) with
+# softmax outputs.
+SPECTRALNET_CASES = {
+    "digits-separate": ((8, 8, 1), {"n_clusters": 4}),
+    "same-batch-fixed-scale": ((6, 5, 2), {
+        "n_clusters": 3, "orthonorm_batch": "same", "affinity_scale": 2.0, "output_activation": "linear",
+        "orthonorm_gradient": False, "hidden_dims": (32, 32, 64), "embedding_dim": 5, "spectral_hidden": (64, 32),
+        "n_neighbors": 3, "scale_neighbor": 2}),
+    "more-clusters-than-rows": ((8, 8, 1), {
+        "n_clusters": 16, "output_activation": "softmax", "hidden_dims": (32, 64), "embedding_dim": 6,
+        "spectral_hidden": (64,), "orthonorm_jitter": 1e-2}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECTRALNET_CASES))
+def test_spectralnet_twin_matches_losses_and_gradients(case):
+  image_shape, fields = SPECTRALNET_CASES[case]
+  config = spectralnet.SpectralNetConfig(**{"batch_size": SPECTRAL_BATCH, **fields})
+  algo, twin = spectralnet.SpectralNet(config, image_shape), torch_twins.SpectralNetTwin(config, image_shape)
+  params = _spectral_params(algo, image_shape, f"encoder_layers_{len(config.hidden_dims)}")
+  key = jax.random.key(1)
+  # What SpectralNet.m_step_loss draws from its key.
+  index, weights_orth = jax.jit(spectralnet.draw_rows, static_argnums=(1, 2))(key, SPECTRAL_ROWS, SPECTRAL_BATCH,
+                                                                             SPECTRAL_ROWS)
+  orthogonalization = (torch.from_numpy(np.asarray(index, np.int64)), _tensor(weights_orth))
+  targets = jnp.zeros((SPECTRAL_BATCH, config.n_clusters))  # not read
+
+  def make(seed):
+    batch, _, _ = _dataset_and_batch(image_shape, config.n_clusters, SPECTRAL_BATCH, SPECTRAL_ROWS, seed)
+    twin.use_dataset(_nchw(batch["dataset"]))
+    return batch, _nchw(batch["x"]), _tensor(batch["weights"])
+
+  def losses(made):
+    _, x_t, w_t = made
+    return [lambda: twin.warmup_loss(x_t, w_t), lambda: twin.m_step_loss(x_t, w_t, None, orthogonalization)]
+
+  batch, x_t, w_t = _search_batch(twin, params, make, losses)
+  state = _parity(twin, params, lambda p: algo.m_step_loss(p, batch, targets, key),
+                  lambda: twin.m_step_loss(x_t, w_t, None, orthogonalization), _cancelling_output_bias(config))
+  _assert_orthonorm(twin, state)
+  _parity(twin, params, lambda p: algo.warmup_loss(p, batch, key), lambda: twin.warmup_loss(x_t, w_t))
+  _assert_spectral_predictions(algo, twin, params, batch, x_t)
+
+
+@pytest.mark.parametrize("scale,scale_neighbor", [(None, 1), (None, 3), (1.5, None)])
+def test_knn_affinity_matches_jaxclust(scale, scale_neighbor):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(10, 4)).astype(np.float32)
+  weights = np.ones(10, np.float32)
+  weights[[3, 9]] = 0.0
+  expected = spectral.knn_affinity(jnp.asarray(x), 3, scale=scale, scale_neighbor=scale_neighbor,
+                                   weights=jnp.asarray(weights))
+  actual = torch_twins.knn_affinity(torch.from_numpy(x), 3, scale, scale_neighbor, torch.from_numpy(weights))
+  np.testing.assert_allclose(actual.numpy(), np.asarray(expected), rtol=1e-5, atol=1e-7)
 
 
 def test_every_twin_builds_from_its_algorithms_digits_config():
