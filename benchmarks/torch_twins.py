@@ -28,13 +28,13 @@ Every twin is a ``torch.nn.Module`` (:class:`Twin`) with
 give them. A twin draws its step's randomness itself unless ``draws`` fixes it, as the parity
 tests do with what JAX drew: DEPICT's dropout keep masks (one per dropout site, each shaped
 like the activation it drops, NCHW), ICS's augmented positives, SpectralNet's
-orthogonalization rows.
+orthogonalization rows, DSCDAN's noise, shuffle and orthogonalization rows.
 
 ``TWINS`` maps ``--algo`` names to twin classes, built as ``TWINS[name](config, image_shape)``
 from the algorithm's config and its (``[H, W, C]``) image shape, like the algorithms
 themselves: ``depict`` (paper 000, eq. 12), ``dec`` / ``idec`` (the MLP autoencoder and the
-Student-t KL objective), ``ics`` (paper 003, eq. 7) and ``spectralnet`` (SpectralNet's
-Algorithm 1).
+Student-t KL objective), ``ics`` (paper 003, eq. 7), ``spectralnet`` (SpectralNet's
+Algorithm 1) and ``dscdan`` (paper 002, eq. 13 and 20).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jaxclust.algos import ics
+from jaxclust.algos import dscdan, ics
 from jaxclust.engine import MODEL_STATE
 from jaxclust.nn import ConvSpec, encoder_shapes, pooled_sizes
 
@@ -180,6 +180,35 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return torch.where(positive_part, torch.sqrt(torch.where(positive_part, sq_dist, 1.0)), 0.0)
 
   return weighted_mean(F.relu(distance(positive) - distance(negative) + margin), weights)
+
+
+def sum_squared_error(target: torch.Tensor, reconstruction: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+  """``mean_i ||t_i - r_i||_F^2`` (paper 002 eq. 11-12)."""
+  return weighted_mean((target - reconstruction).square().flatten(1).sum(dim=1), weights)
+
+
+def jsd_mutual_information(positive_scores: torch.Tensor, negative_scores: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+  """``E_P[-softplus(-T)] - E_{PxQ}[softplus(T)]``, per-position scores averaged per sample
+  first (paper 002 eq. 8-10)."""
+  positive = -F.softplus(-positive_scores).reshape(positive_scores.shape[0], -1).mean(dim=1)
+  negative = F.softplus(negative_scores).reshape(negative_scores.shape[0], -1).mean(dim=1)
+  return weighted_mean(positive, weights) - weighted_mean(negative, weights)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+  """``KL(N(mu, diag(exp(logvar))) || N(0, I))`` summed over dimensions, averaged over samples."""
+  return weighted_mean(0.5 * (torch.exp(logvar) + mu.square() - 1.0 - logvar).sum(dim=-1), weights)
+
+
+def mixture_kl(mu: torch.Tensor, logvar: torch.Tensor, probabilities: torch.Tensor, means: torch.Tensor,
+               weights: torch.Tensor) -> torch.Tensor:
+  """Paper 002 eq. 19: ``sum_k p_k KL(N(mu, diag(exp(logvar))) || N(means_k, I)) + KL(p || uniform)``."""
+  variance_part = 0.5 * (torch.exp(logvar) - 1.0 - logvar).sum(dim=-1)
+  sq_dist = (mu[:, None, :] - means[None, :, :]).square().sum(dim=-1)
+  gaussian = (probabilities * (variance_part[:, None] + 0.5 * sq_dist)).sum(dim=-1)
+  categorical = (probabilities * torch.log(torch.clamp(probabilities, min=1e-12))).sum(dim=-1)
+  return weighted_mean(gaussian + categorical + math.log(probabilities.shape[-1]), weights)
 
 
 # ----------------------------------------------------------------------------- twins
@@ -889,9 +918,274 @@ class SpectralNetTwin(MLPAutoencoderParts, SpectralHead, Twin):
     return self.spectral_state_layout(params[MODEL_STATE])
 
 
+# ----------------------------------------------------------------------------- DSCDAN (paper 002)
+
+
+def flax_conv_transpose_weight(kernel: np.ndarray) -> np.ndarray:
+  """A Flax ``nn.ConvTranspose`` kernel ``[kh, kw, in, out]`` as ``nn.ConvTranspose2d``'s
+  ``[in, out, kh, kw]``: Flax convolves the dilated input with the kernel as it is,
+  ``ConvTranspose2d`` with its weight flipped, so the kernel is flipped here."""
+  return np.transpose(np.asarray(kernel)[::-1, ::-1], (2, 3, 0, 1))
+
+
+def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
+  """``(before, after)`` zero padding of a "SAME" convolution (XLA's and Keras's: the odd
+  pixel after)."""
+  total = max((-(-size // stride) - 1) * stride + kernel_size - size, 0)
+  return total // 2, total - total // 2
+
+
+class GlobalDiscriminatorTwin(nn.Module):
+  """:class:`jaxclust.nn.GlobalDiscriminator`: the flattened features and the code,
+  concatenated, through ``Linear`` + ReLU layers and a linear score ``[B]``."""
+
+  def __init__(self, feature_dim: int, code_dim: int, hidden: Sequence[int]):
+    super().__init__()
+    sizes = [feature_dim + code_dim, *hidden]
+    self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+    self.score = nn.Linear(sizes[-1], 1)
+    self.activation = nn.ReLU()
+
+  def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    h = torch.cat([features.flatten(1), z.flatten(1)], dim=-1)
+    for layer in self.hidden:
+      h = self.activation(layer(h))
+    return self.score(h)[:, 0]
+
+  def layout(self, tree, prefix: str, image_shape: Sequence[int] | None) -> dict[str, np.ndarray]:
+    """``image_shape``: the features are images, whose rows of the first kernel read them NHWC."""
+    out = {}
+    for l in range(len(self.hidden)):
+      out[f"{prefix}.hidden.{l}.weight"] = dense_weight(tree[f"hidden{l + 1}"]["kernel"])
+      out[f"{prefix}.hidden.{l}.bias"] = np.asarray(tree[f"hidden{l + 1}"]["bias"])
+    if image_shape is not None:
+      kernel = np.asarray(tree["hidden1"]["kernel"])
+      n_pixels = math.prod(image_shape)
+      out[f"{prefix}.hidden.0.weight"] = np.concatenate(
+          [hwc_rows_to_chw(kernel[:n_pixels], image_shape), dense_weight(kernel[n_pixels:])], axis=1)
+    out[f"{prefix}.score.weight"] = dense_weight(tree["score"]["kernel"])
+    out[f"{prefix}.score.bias"] = np.asarray(tree["score"]["bias"])
+    return out
+
+
+class LocalDiscriminatorTwin(nn.Module):
+  """:class:`jaxclust.nn.LocalDiscriminator`: 1x1 ``Conv2d`` layers on the feature map, the
+  first one's input joined by the code through a ``Linear`` (no bias) broadcast over the
+  positions; ReLU; a linear 1x1 score per position, ``[B, H, W]``."""
+
+  def __init__(self, channels: int, code_dim: int, hidden: Sequence[int]):
+    super().__init__()
+    self.features = nn.Conv2d(channels, hidden[0], 1)
+    self.latent = nn.Linear(code_dim, hidden[0], bias=False)
+    self.hidden = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in itertools.pairwise(hidden))
+    self.score = nn.Conv2d(hidden[-1], 1, 1)
+    self.activation = nn.ReLU()
+
+  def forward(self, feature_map: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    h = self.activation(self.features(feature_map) + self.latent(z)[:, :, None, None])
+    for layer in self.hidden:
+      h = self.activation(layer(h))
+    return self.score(h)[:, 0]
+
+  def layout(self, tree, prefix: str) -> dict[str, np.ndarray]:
+    conv = lambda kernel: dense_weight(kernel)[:, :, None, None]
+    out = {f"{prefix}.features.weight": conv(tree["hidden1_features"]["kernel"]),
+           f"{prefix}.features.bias": np.asarray(tree["hidden1_features"]["bias"]),
+           f"{prefix}.latent.weight": dense_weight(tree["hidden1_latent"]["kernel"]),
+           f"{prefix}.score.weight": conv(tree["score"]["kernel"]),
+           f"{prefix}.score.bias": np.asarray(tree["score"]["bias"])}
+    for l in range(len(self.hidden)):
+      out[f"{prefix}.hidden.{l}.weight"] = conv(tree[f"hidden{l + 2}"]["kernel"])
+      out[f"{prefix}.hidden.{l}.bias"] = np.asarray(tree[f"hidden{l + 2}"]["bias"])
+    return out
+
+
+class DscdanTwin(SpectralHead, Twin):
+  """DSCDAN (:class:`jaxclust.algos.dscdan.Dscdan`): the dual autoencoder, its two
+  discriminators, the spectral network and the prior's means, and eq. 13 / eq. 20.
+
+  Encoder, per level: a 3x3 ``Conv2d`` of stride 2 after ``ZeroPad2d`` as "SAME" pads (the
+  odd pixel after), a 3x3 ``Conv2d`` of stride 1 (padding 1), LeakyReLU after each; the first
+  level's output is the local discriminator's feature map; ``Linear`` heads ``mu`` and
+  ``logvar``. Decoder: a linear ``Linear`` to the top map, per level a 3x3
+  ``ConvTranspose2d`` of stride 1 and one of stride 2 (LeakyReLU after each), cropped to the
+  encoder's size at that level, then a 3x3 ``ConvTranspose2d`` to the image and tanh. Flax's
+  "SAME" transposed convolutions pad the dilated input by ``(k - 1 - (k - s + 1) // 2, ...)``:
+  stride 1 is ``padding=1``; stride 2 is ``padding=0`` with the last row and column of
+  PyTorch's ``2n + 1`` dropped (the crop does it).
+
+  Randomness: the noise ``eps`` of ``psi`` ``[B, latent]``, the in-batch permutation of the
+  MI negatives ``[B]`` and, with ``orthonorm_batch="separate"``, the orthogonalization rows
+  ``(index, weights)``: drawn by the twin (``torch.randn``, ``torch.randperm`` over the real
+  rows, :meth:`SpectralHead.orthogonalization_rows`) unless ``draws`` gives them as
+  ``{"noise", "permutation", "orthogonalization"}``. Targets are not read.
+  """
+
+  def __init__(self, config, image_shape: Sequence[int]):
+    super().__init__()
+    self.config = config
+    self.image_shape = tuple(image_shape)
+    height, width, channels = self.image_shape
+    features, latent = tuple(config.conv_features), config.latent_dim
+    self.sizes = pooled_sizes(height, width, len(features))
+    levels = [channels, *features]
+    self.pads = [(*same_padding(w, 3, 2), *same_padding(h, 3, 2)) for h, w in self.sizes[:-1]]
+    self.downsample = nn.ModuleList(nn.Conv2d(levels[l], f, 3, 2) for l, f in enumerate(features))
+    self.refine = nn.ModuleList(nn.Conv2d(f, f, 3, padding=1) for f in features)
+    top_h, top_w = self.sizes[-1]
+    self.top_shape = (top_h, top_w, features[-1])
+    top = math.prod(self.top_shape)
+    self.mean = nn.Linear(top, latent)
+    self.logvar = nn.Linear(top, latent)
+    self.dense = nn.Linear(latent, top)
+    # up_refine[l], upsample[l] bring level l + 1 back to level l.
+    self.up_refine = nn.ModuleList(nn.ConvTranspose2d(c, f, 3, 1, 1) for c, f in zip([*features[1:], features[-1]], features))
+    self.upsample = nn.ModuleList(nn.ConvTranspose2d(f, f, 3, 2, 0) for f in features)
+    self.output = nn.ConvTranspose2d(features[0], channels, 3, 1, 1)
+    self.activation = nn.LeakyReLU(config.negative_slope)
+    hidden = (latent,) * 3  # as Dscdan's discriminators
+    pairs_code = config.global_mi_pairs == "code"
+    self.global_discriminator = GlobalDiscriminatorTwin(latent if pairs_code else math.prod(self.image_shape),
+                                                        latent, hidden)
+    self.local_discriminator = LocalDiscriminatorTwin(features[0], latent, hidden)
+    self.spectral = SpectralNetwork(latent, config.spectral_hidden, config.n_clusters)
+    self.output_activation = OUTPUT_ACTIVATIONS[config.output_activation]
+    self.prior_means = nn.Parameter(torch.zeros(config.n_clusters, latent))
+    self.register_spectral_state(config.n_clusters, latent)
+    for module in self.modules():
+      if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+          nn.init.zeros_(module.bias)
+
+  def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mu, logvar, the first level's feature map)``."""
+    h, feature_map = x, None
+    for pad, down, refine in zip(self.pads, self.downsample, self.refine):
+      h = self.activation(refine(self.activation(down(F.pad(h, pad)))))
+      feature_map = h if feature_map is None else feature_map
+    h = h.flatten(1)
+    return self.mean(h), self.logvar(h), feature_map
+
+  def decode(self, z: torch.Tensor) -> torch.Tensor:
+    top_h, top_w, top_c = self.top_shape
+    h = self.dense(z).view(z.shape[0], top_c, top_h, top_w)
+    for level in reversed(range(len(self.upsample))):
+      h = self.activation(self.upsample[level](self.activation(self.up_refine[level](h))))
+      height, width = self.sizes[level]
+      h = h[:, :, :height, :width]
+    return torch.tanh(self.output(h))
+
+  def _y_tilde(self, logits):
+    return logits if self.output_activation is None else self.output_activation(logits)
+
+  def _draw(self, draws, name, make):
+    return make() if draws is None else draws[name]
+
+  def _permutation(self, weights):
+    """A permutation of the batch's real rows among themselves, padding rows in place."""
+    real = torch.nonzero(weights > 0)[:, 0]
+    permutation = torch.arange(weights.shape[0], device=weights.device)
+    permutation[real] = real[torch.randperm(real.shape[0], device=weights.device)]
+    return permutation
+
+  def _objective(self, x, weights, draws, clustering: bool):
+    """The terms of eq. 13 (``clustering=False``) or eq. 20; terms of weight 0 are left out."""
+    cfg = self.config
+    b = x.shape[0]
+    mu, logvar, feature_map = self.encode(x)
+    terms = {}
+    if cfg.reconstruction_weight > 0 or cfg.relative_reconstruction_weight > 0:
+      eps = self._draw(draws, "noise", lambda: torch.randn_like(mu))
+      z_noisy = mu + torch.exp(0.5 * logvar) * eps if cfg.noise == "sample" else mu * (1.0 + cfg.noise_stddev * eps)
+      if cfg.relative_reconstruction_weight > 0:
+        reconstruction, reconstruction_noisy = self.decode(torch.cat([mu, z_noisy])).split(b)
+        terms["relative_reconstruction"] = sum_squared_error(reconstruction, reconstruction_noisy, weights)
+      else:
+        reconstruction = self.decode(mu)
+      if cfg.reconstruction_weight > 0:
+        terms["reconstruction"] = sum_squared_error(x, reconstruction, weights)
+    else:
+      z_noisy = mu
+    if cfg.global_mi_weight > 0 or cfg.local_mi_weight > 0:
+      permutation = self._draw(draws, "permutation", lambda: self._permutation(weights))
+      if cfg.global_mi_weight > 0:
+        z_mi = z_noisy if cfg.global_mi_pairs == "code" else mu
+        features = z_mi if cfg.global_mi_pairs == "code" else x
+        terms["global_mi"] = jsd_mutual_information(self.global_discriminator(features, z_mi),
+                                                    self.global_discriminator(features, z_mi[permutation]), weights)
+      if cfg.local_mi_weight > 0:
+        terms["local_mi"] = jsd_mutual_information(self.local_discriminator(feature_map, mu),
+                                                   self.local_discriminator(feature_map, mu[permutation]), weights)
+    logits = None
+    if cfg.prior_weight > 0:
+      if cfg.prior == "mixture" or (cfg.prior == "paper" and clustering):
+        logits = self.spectral(mu)
+        terms["prior"] = mixture_kl(mu, logvar, torch.softmax(logits, dim=-1), self.prior_means, weights)
+      else:
+        terms["prior"] = gaussian_kl(mu, logvar, weights)
+    if clustering and cfg.spectral_weight > 0:
+      y_tilde = self._y_tilde(self.spectral(mu) if logits is None else logits)
+      y_tilde_orth = weights_orth = None
+      if cfg.orthonorm_batch == "separate":
+        index, weights_orth = self._draw(draws, "orthogonalization", lambda: self.orthogonalization_rows(b))
+        y_tilde_orth = self._y_tilde(self.spectral(self.encode(self.dataset[index])[0]))
+      terms["spectral"] = self.spectral_step(y_tilde, mu.detach(), weights, y_tilde_orth, weights_orth)
+    signs = {"global_mi": -1.0, "local_mi": -1.0}
+    loss = x.new_zeros(())
+    for key, name in dscdan.WEIGHTS.items():
+      if name in terms:
+        loss = loss + signs.get(name, 1.0) * getattr(cfg, key) * terms[name]
+    return loss, terms
+
+  def warmup_loss(self, x, weights, draws=None):
+    """Eq. 13: ``L_r + L_e``."""
+    return self._objective(x, weights, draws, clustering=False)
+
+  def m_step_loss(self, x, weights, targets, draws=None):
+    """Eq. 20: ``L_r + L_e + L_c``, eq. 19's prior in ``L_e``."""
+    return self._objective(x, weights, draws, clustering=True)
+
+  def predict(self, x):
+    mu = self.encode(x)[0]
+    logits = self.spectral(mu)
+    if self.config.assign == "argmax":
+      return self.spectral_soft_assignments(mu, outputs=torch.softmax(logits, dim=-1))
+    return self.spectral_soft_assignments(mu, self._y_tilde(logits))
+
+  def e_step(self, soft_assignments):
+    return soft_assignments
+
+  def torch_layout(self, tree) -> dict[str, np.ndarray]:
+    ae = tree["ae"]
+    out = {"prior_means": np.asarray(tree["prior_means"])}
+    for l in range(len(self.downsample)):
+      for name, flax_name, weight in (("downsample", "downsample", conv_weight), ("refine", "refine", conv_weight),
+                                      ("up_refine", "up_refine", flax_conv_transpose_weight),
+                                      ("upsample", "upsample", flax_conv_transpose_weight)):
+        out[f"{name}.{l}.weight"] = weight(ae[f"{flax_name}_{l}"]["kernel"])
+        out[f"{name}.{l}.bias"] = np.asarray(ae[f"{flax_name}_{l}"]["bias"])
+    out["output.weight"] = flax_conv_transpose_weight(ae["output"]["kernel"])
+    out["output.bias"] = np.asarray(ae["output"]["bias"])
+    for name in ("mean", "logvar"):
+      out[f"{name}.weight"] = hwc_rows_to_chw(ae[name]["kernel"], self.top_shape)
+      out[f"{name}.bias"] = np.asarray(ae[name]["bias"])
+    out["dense.weight"] = hwc_columns_to_chw(ae["dense"]["kernel"], self.top_shape)
+    out["dense.bias"] = hwc_vector_to_chw(ae["dense"]["bias"], self.top_shape)
+    image = None if self.config.global_mi_pairs == "code" else self.image_shape
+    out.update(self.global_discriminator.layout(tree["global_discriminator"], "global_discriminator", image))
+    out.update(self.local_discriminator.layout(tree["local_discriminator"], "local_discriminator"))
+    out.update(SpectralNetwork.layout(tree["spectral"], "spectral"))
+    return out
+
+  def buffer_layout(self, params) -> dict[str, np.ndarray]:
+    return self.spectral_state_layout(params[MODEL_STATE])
+
+
 TWINS: dict[str, type[Twin]] = {
     "dec": DecTwin,
     "depict": DepictTwin,
+    "dscdan": DscdanTwin,
     "ics": IcsTwin,
     "idec": DecTwin,
     "spectralnet": SpectralNetTwin,

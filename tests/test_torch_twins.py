@@ -6,7 +6,8 @@ the twin the very keep masks that Flax's ``nn.Dropout`` drew inside ``m_step_los
 with ``flax.linen.intercept_methods``). That compares the real training objective, dropout
 and its 1/(1-p) scaling included, rather than a dropout-free variant of it; the twin's own
 ``nn.Dropout`` draws are what the benchmark uses. Likewise the other draws of the newer
-twins' steps (ICS's augmented positives and copies, SpectralNet's orthogonalization rows): each is made once on the JAX side, from the key the JAX loss
+twins' steps (ICS's augmented positives and copies, SpectralNet's orthogonalization rows,
+DSCDAN's noise and shuffle): each is made once on the JAX side, from the key the JAX loss
 gets, and handed to the twin.
 """
 
@@ -26,8 +27,8 @@ from torch.nn import functional as F
 
 from jaxclust import algos
 from jaxclust import nn as jnn
-from jaxclust import augment, spectral
-from jaxclust.algos import dec, depict, ics, spectralnet
+from jaxclust import augment, losses, spectral
+from jaxclust.algos import dec, depict, dscdan, ics, spectralnet
 from jaxclust.configs.depict import DATASET_SETTINGS
 from jaxclust.engine import MODEL_STATE
 
@@ -547,6 +548,107 @@ def test_knn_affinity_matches_jaxclust(scale, scale_neighbor):
                                    weights=jnp.asarray(weights))
   actual = torch_twins.knn_affinity(torch.from_numpy(x), 3, scale, scale_neighbor, torch.from_numpy(weights))
   np.testing.assert_allclose(actual.numpy(), np.asarray(expected), rtol=1e-5, atol=1e-7)
+
+
+# name: (image shape, DscdanConfig fields). The digits' networks with the paper's options;
+# a non-square two-channel image with the authors' code's options (sampled noise, code pairs,
+# the mixture prior in both phases, softmax outputs, argmax assignments), a separate
+# orthogonalization batch, a fixed scale and every weight changed; and the objective without
+# the relative reconstruction and the local term, with the standard prior and fixed
+# orthonorm weights.
+DSCDAN_CASES = {
+    "digits-paper": ((8, 8, 1), {"n_clusters": 4}),
+    "odd-image-code-options": ((7, 10, 2), {
+        "n_clusters": 3, "conv_features": (4, 6), "latent_dim": 8, "negative_slope": 0.1, "noise": "sample",
+        "global_mi_pairs": "code", "prior": "mixture", "output_activation": "softmax", "assign": "argmax",
+        "orthonorm_batch": "separate", "affinity_scale": 1.5, "n_neighbors": 3, "spectral_hidden": (32, 16),
+        "reconstruction_weight": 0.3, "relative_reconstruction_weight": 0.8, "global_mi_weight": 0.2,
+        "local_mi_weight": 0.1, "prior_weight": 0.7, "spectral_weight": 2.0}),
+    "terms-dropped": ((8, 8, 1), {
+        "n_clusters": 3, "conv_features": (4, 6), "latent_dim": 6, "relative_reconstruction_weight": 0.0,
+        "local_mi_weight": 0.0, "prior": "standard", "orthonorm_gradient": False, "noise_stddev": 0.3,
+        "spectral_hidden": (16,)}),
+}
+
+
+# DSCDAN in float32. Its gradients are sums of many terms that nearly cancel: the mutual-
+# information terms compare a discriminator's scores of positive and of shuffled pairs, which a
+# random discriminator hardly tells apart (the score's bias gets 0.5 - 0.5), and the
+# orthonormalization amplifies rounding by its condition number (1e2 to 1e3 here). Elements
+# far below their parameter's largest come out with relative errors of 1e-3, in either
+# framework, while every error stays below 1e-5 of the model's largest gradient. The float32
+# check therefore takes its absolute tolerance from the model's largest gradient (1e-4 of
+# it), and the float64 checks, where the two agree to 1e-12, hold every parameter to its own
+# scale.
+DSCDAN_FLOAT32 = {"loss": (LOSS_RTOL, LOSS_ATOL), "grad": (GRAD_RTOL, 1e-4), "grad_atol_of": "model"}
+FLOAT64 = {"loss": (1e-11, 1e-12), "grad": (1e-9, 1e-10)}
+
+
+def _check_dscdan(case, dtype, tolerance):
+  image_shape, fields = DSCDAN_CASES[case]
+  config = dscdan.DscdanConfig(**{"batch_size": SPECTRAL_BATCH, **fields})
+  algo, twin = dscdan.Dscdan(config, image_shape), torch_twins.DscdanTwin(config, image_shape)
+  twin.to(torch.float64 if dtype == jnp.float64 else torch.float32)
+  params = jax.tree.map(lambda v: v.astype(dtype), _spectral_params(algo, image_shape, "mean"))
+  key = jax.random.key(1)
+  as_torch = lambda a: torch.from_numpy(np.array(a))
+
+  @jax.jit
+  def jax_draws(weights):  # what Dscdan._objective draws from its key
+    key_noise, key_shuffle, key_orth = jax.random.split(key, 3)
+    return (jax.random.normal(key_noise, (SPECTRAL_BATCH, config.latent_dim), dtype),
+            losses.batch_permutation(key_shuffle, SPECTRAL_BATCH, weights),
+            spectralnet.draw_rows(key_orth, SPECTRAL_ROWS, SPECTRAL_BATCH, params[MODEL_STATE]["n_samples"]))
+
+  def make(seed):
+    batch, _, _ = _dataset_and_batch(image_shape, config.n_clusters, SPECTRAL_BATCH, SPECTRAL_ROWS, seed)
+    batch = {k: v.astype(dtype) if v.dtype == jnp.float32 else v for k, v in batch.items()}
+    noise, permutation, (index, weights_orth) = jax_draws(batch["weights"])
+    draws = {"noise": as_torch(noise), "permutation": as_torch(np.asarray(permutation, np.int64)),
+             "orthogonalization": (as_torch(np.asarray(index, np.int64)), as_torch(weights_orth))}
+    twin.use_dataset(as_torch(torch_twins.to_nchw(batch["dataset"])))
+    return batch, as_torch(torch_twins.to_nchw(batch["x"])), as_torch(batch["weights"]), draws
+
+  def twin_losses(made):
+    _, x_t, w_t, draws = made
+    return [lambda: twin.warmup_loss(x_t, w_t, draws), lambda: twin.m_step_loss(x_t, w_t, None, draws)]
+
+  batch, x_t, w_t, draws = _search_batch(twin, params, make, twin_losses)
+  targets = jnp.zeros((SPECTRAL_BATCH, config.n_clusters), dtype)  # not read
+  mixture = config.prior_weight > 0 and config.prior != "standard"
+  state = _parity(twin, params, lambda p: algo.m_step_loss(p, batch, targets, key),
+                  lambda: twin.m_step_loss(x_t, w_t, None, draws), _cancelling_output_bias(config, mixture), tolerance)
+  _assert_orthonorm(twin, state, tolerance)
+  _parity(twin, params, lambda p: algo.warmup_loss(p, batch, key), lambda: twin.warmup_loss(x_t, w_t, draws),
+          tolerance=tolerance)
+  return algo, twin, params, batch, x_t
+
+
+def test_dscdan_twin_matches_losses_gradients_and_predictions_in_float32():
+  algo, twin, params, batch, x_t = _check_dscdan("digits-paper", jnp.float32, DSCDAN_FLOAT32)
+  _assert_spectral_predictions(algo, twin, params, batch, x_t)
+
+
+@pytest.mark.parametrize("case", sorted(DSCDAN_CASES))
+def test_dscdan_twin_matches_losses_and_gradients_in_float64(case):
+  with jax.enable_x64(True):
+    _check_dscdan(case, jnp.float64, FLOAT64)
+
+
+@pytest.mark.parametrize("size", [(4, 5), (7, 8)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_flax_conv_transpose_maps_onto_conv_transpose2d(size, stride):
+  """Flax's "SAME" ``nn.ConvTranspose`` (DSCDAN's decoder) as the twin runs it."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, *size, 3)).astype(np.float32)
+  layer = fnn.ConvTranspose(4, (3, 3), strides=(stride, stride), padding="SAME")
+  variables = layer.init(jax.random.key(0), x)
+  expected = np.asarray(layer.apply(variables, x))
+  weight = np.ascontiguousarray(torch_twins.flax_conv_transpose_weight(variables["params"]["kernel"]))
+  actual = F.conv_transpose2d(_nchw(x), torch.from_numpy(weight), torch.from_numpy(np.array(variables["params"]["bias"])),
+                              stride=stride, padding=1 if stride == 1 else 0)
+  actual = actual[:, :, :expected.shape[1], :expected.shape[2]]
+  np.testing.assert_allclose(actual.numpy(), torch_twins.to_nchw(expected), rtol=1e-5, atol=1e-5)
 
 
 def test_every_twin_builds_from_its_algorithms_digits_config():
