@@ -17,13 +17,16 @@ Modes (``--modes`` picks some; all by default):
   torch  e-step         the twin's clean pass over the dataset under ``no_grad``, then the targets
 
 The step is the objective of ``--phase`` (``m-step``: DEPICT eq. 12, dropout included; or
-``warmup``) with the algorithm's optimizer (Adam for DEPICT). Each mode runs in a process of its
-own, so each peak memory is that mode's alone and neither framework's threads or caches sit
-beside the other's. Samples per second: the median over ``--repeats`` timed repeats (``--steps``
-steps, or one pass over the dataset) after compilation and one untimed repeat, timed up to
-``block_until_ready`` / ``torch.cuda.synchronize``. ``compile_seconds``: the first call's time
-less a timed call's (tracing and XLA compilation; Dynamo and Inductor for ``torch.compile``;
-none in eager mode). A ``torch.compile`` that fails leaves its error in the record.
+``warmup``) with the algorithm's optimizer (Adam; RMSprop in SpectralNet's M-step), on random
+targets shaped as the algorithm's E-step makes them (:func:`example_targets`); each framework
+draws the step's randomness (dropout, augmentations, noise, shuffles, orthogonalization
+batches) itself. Each mode runs in a process of its own, so each peak memory is that mode's
+alone and neither framework's threads or caches sit beside the other's. Samples per second:
+the median over ``--repeats`` timed repeats (``--steps`` steps, or one pass over the dataset)
+after compilation and one untimed repeat, timed up to ``block_until_ready`` /
+``torch.cuda.synchronize``. ``compile_seconds``: the first call's time less a timed call's
+(tracing and XLA compilation; Dynamo and Inductor for ``torch.compile``; none in eager mode).
+A ``torch.compile`` that fails leaves its error in the record.
 
 Precision: float32 everywhere, TF32 off on both sides (``jax_default_matmul_precision`` =
 ``highest``; ``allow_tf32 = False`` for cuBLAS and cuDNN), so the GPU figures compare the same
@@ -129,7 +132,7 @@ class Setting:
   module: object
   config: object
   x: np.ndarray  # [N, H, W, C]
-  targets: np.ndarray  # [N, K]
+  targets: np.ndarray | dict  # [N, K], or a dict of [N, ...] arrays: see example_targets
   dataset_name: str
 
   @property
@@ -149,8 +152,39 @@ def make_setting(args) -> Setting:
   overrides = dict(cli.parse_override(text) for text in args.overrides)
   config = cli.build_config(module, dataset, {**overrides, "batch_size": args.batch_size})
   config.validate(dataset.n)
-  targets = np.random.default_rng(0).dirichlet(np.ones(config.n_clusters), dataset.n).astype(np.float32)
+  targets = example_targets(module, config, dataset.x)
   return Setting(args.algo, module, config, dataset.x, targets, dataset.name)
+
+
+def example_targets(module, config, x: np.ndarray) -> np.ndarray | dict:
+  """Targets shaped as the algorithm's E-step makes them: ``[N, K]`` distributions, or a dict
+  of them and per-sample integers (ICS: ``{"q", "negative"}``, each sample's negative). The
+  distributions are Dirichlet draws, the integers uniform rows of the dataset."""
+  import jax
+
+  algo = module.ALGORITHM(config, x.shape[1:])
+  x_shape = jax.ShapeDtypeStruct(x.shape, np.float32)
+  shapes = jax.eval_shape(lambda x: algo.e_step(algo.predict(algo.init(jax.random.key(0), x[:2]), x)), x_shape)
+  rng = np.random.default_rng(0)
+  n = x.shape[0]
+
+  def draw(leaf):
+    if np.issubdtype(leaf.dtype, np.integer):
+      return rng.integers(0, n, leaf.shape).astype(leaf.dtype)
+    return rng.dirichlet(np.ones(leaf.shape[-1]), leaf.shape[:-1]).astype(np.float32)
+
+  return jax.tree.map(draw, shapes)
+
+
+def with_dataset_size(params, n: int):
+  """``params`` with the dataset's size where a spectral head's state records it
+  (``init_clusters`` sets it in a run; the orthogonalization batches draw from it)."""
+  from jaxclust.engine import MODEL_STATE
+
+  state = params.get(MODEL_STATE) if isinstance(params, dict) else None
+  if not isinstance(state, dict) or "n_samples" not in state:
+    return params
+  return {**params, MODEL_STATE: {**state, "n_samples": np.float32(n)}}
 
 
 def step_indices(n: int, batch_size: int, steps: int) -> np.ndarray:
@@ -190,7 +224,7 @@ def measure_jax(mode: str, setting: Setting, args) -> dict:
   algo = setting.module.ALGORITHM(config, setting.image_shape)
   engine = Engine(algo, setting.x, verbosity=0)
   phase = WARMUP if args.phase == "warmup" else CLUSTERING
-  params = jax.jit(algo.init)(jax.random.key(config.seed), engine.x[: engine.batch_size])
+  params = with_dataset_size(jax.jit(algo.init)(jax.random.key(config.seed), engine.x[: engine.batch_size]), engine.n)
   targets = jax.device_put(setting.targets)
   state = {"params": params, "opt_state": engine.optimizers[phase].init(params)}
   batch_size = engine.batch_size
@@ -254,6 +288,8 @@ def torch_optimizer(setting: Setting, phase: str, parameters):
     return torch.optim.Adam(parameters, lr=config.warmup_learning_rate or config.learning_rate)
   if getattr(config, "optimizer", "adam") == "sgd":
     return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum)
+  if getattr(config, "optimizer", "adam") == "rmsprop":  # optax.rmsprop's decay and eps (optax: eps inside the root)
+    return torch.optim.RMSprop(parameters, lr=config.learning_rate, alpha=0.9, eps=1e-8)
   return torch.optim.Adam(parameters, lr=config.learning_rate)
 
 
@@ -286,7 +322,11 @@ def measure_torch(mode: str, setting: Setting, args) -> dict:
   twin.load_flax(jax.jit(algo.init)(jax.random.key(setting.config.seed), setting.x[:batch_size]))
   twin.to(device)
   x_all = torch.from_numpy(torch_twins.to_nchw(setting.x)).to(device)
-  targets_all = torch.from_numpy(setting.targets).to(device)
+  # Integer targets (ICS's negatives) index the dataset, which the twin is given.
+  as_tensor = lambda a: torch.from_numpy(a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a)
+  targets_all = jax.tree.map(lambda a: as_tensor(a).to(device), setting.targets)
+  rows = (lambda t, idx: {k: v[idx] for k, v in t.items()}) if isinstance(targets_all, dict) else (lambda t, idx: t[idx])
+  twin.use_dataset(x_all)
   n = x_all.shape[0]
   record = {"device": f"{device.type}: {torch.cuda.get_device_name() if cuda else cpu_model()}",
             "torch_threads": torch.get_num_threads()}
@@ -297,8 +337,11 @@ def measure_torch(mode: str, setting: Setting, args) -> dict:
 
     def run():
       with torch.no_grad():
-        soft = torch.cat([twin.predict(x_all[i: i + chunk]) for i in range(0, n, chunk)])
-        twin.e_step(soft)
+        outputs = [twin.predict(x_all[i: i + chunk]) for i in range(0, n, chunk)]
+        if isinstance(outputs[0], dict):  # soft assignments beside what the E-step needs (ICS)
+          twin.e_step({key: torch.cat([o[key] for o in outputs]) for key in outputs[0]})
+        else:
+          twin.e_step(torch.cat(outputs))
       sync()
 
     samples, record["compile_seconds"] = n, None
@@ -319,7 +362,7 @@ def measure_torch(mode: str, setting: Setting, args) -> dict:
     def run():
       for idx in index:
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(x_all[idx], weights, targets_all[idx])
+        loss, _ = loss_fn(x_all[idx], weights, rows(targets_all, idx))
         loss.backward()
         optimizer.step()
       sync()
