@@ -29,15 +29,16 @@ import os
 import pathlib
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import throughput  # noqa: E402  (its timing loop)
 
 PHASES = ("warmup_epoch", "round", "e_step", "m_step_epoch", "kmeans_init")
 LABELS = {"warmup_epoch": "warm-up epoch", "round": "round", "e_step": "E-step",
@@ -47,14 +48,7 @@ FIT_FROM = 5000
 
 def timed(fn, repeats: int) -> float:
   """Median seconds of ``repeats`` calls, after one call that compiles and one untimed call."""
-  fn()
-  fn()
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
+  return throughput.timed(fn, repeats)[1]
 
 
 def measure(algo_name: str, dataset_name: str, n: int, repeats: int, data_dir: str | None,
