@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from jaxclust import algos, cli, data, metrics
+from jaxclust import algos, cli, data, metrics, xla_cpu
 
 
 def retention_probabilities(n_classes: int, rate: float) -> np.ndarray:
@@ -67,6 +67,7 @@ def kmeans_on_pixels(subset: pathlib.Path, seed: int) -> float:
 
 
 def main(argv=None) -> int:
+  xla_cpu.configure()  # before the first JAX computation, as bin/train does
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", default="fashion-mnist-test")
   parser.add_argument("--algos", nargs="+", default=["dec", "ics"])

@@ -30,12 +30,15 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from jaxclust import xla_cpu  # noqa: E402
+
 
 def rss() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main(argv=None) -> int:
+  xla_cpu.configure()  # before the first JAX computation, as bin/train does
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", default="fashion-mnist")
   parser.add_argument("--data-dir", default=None)

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from jaxclust import cli, data, metrics
+from jaxclust import cli, data, metrics, xla_cpu
 
 
 def run_one(algo: str, dataset: str, seed: int, root: pathlib.Path, overrides: dict) -> dict:
@@ -56,6 +56,7 @@ def mean_std(values) -> str:
 
 
 def main(argv=None) -> int:
+  xla_cpu.configure()  # before the first JAX computation, as bin/train does
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--algo", default="depict")
   parser.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist-test"])

@@ -39,6 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import throughput  # noqa: E402  (its timing loop)
+from jaxclust import xla_cpu  # noqa: E402
 
 PHASES = ("warmup_epoch", "round", "e_step", "m_step_epoch", "kmeans_init")
 LABELS = {"warmup_epoch": "warm-up epoch", "round": "round", "e_step": "E-step",
@@ -180,6 +181,7 @@ def plot(records: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
+  xla_cpu.configure()  # before the first JAX computation, as bin/train does
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--algos", nargs="+", default=["depict", "dec"])
   parser.add_argument("--dataset", default="fashion-mnist")

@@ -288,6 +288,10 @@ def main(argv=None) -> int:
       parser.error(f"unknown form {form!r}: METHOD is auto, dilated or subpixel; GRADIENT adjoint or autodiff")
   if args.single_thread:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+  else:
+    from jaxclust import xla_cpu
+
+    xla_cpu.configure()  # as bin/train runs: XLA:CPU's convolutions on every core
   import jax
 
   jax.config.update("jax_default_matmul_precision", "highest")  # as benchmarks/throughput.py
@@ -296,7 +300,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1 if args.single_thread else len(os.sched_getaffinity(0)))
   print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {os.cpu_count()} cores, "
-        f"{'one thread' if args.single_thread else 'all threads'}, jax {jax.__version__}")
+        f"{'one thread' if args.single_thread else 'all threads'}, jax {jax.__version__}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   lines = time_steps(args)
   if args.layers:
     lines += time_layers(args)

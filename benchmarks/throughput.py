@@ -35,7 +35,9 @@ XLA's thread pool is (``--torch-threads`` sets another: where other processes lo
 PyTorch's OpenMP threads spend much of a step waiting for each other). Peak memory: on GPU each
 framework's peak device memory in use; on CPU the process's peak resident set (``ru_maxrss``),
 which counts the framework's own libraries, the dataset and, in the PyTorch processes, JAX on
-the CPU (it builds the config, the data and the initial weights).
+the CPU (it builds the config, the data and the initial weights). The JAX processes run with
+the XLA flags ``bin/train`` sets (:mod:`jaxclust.xla_cpu`: XLA:CPU's convolutions on every
+core); ``JAXCLUST_XLA_CPU=0`` measures without them.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from jaxclust import xla_cpu  # noqa: E402 -- initialises no JAX backend
 
 MODES = {
     "jax": ("jit-step", "epoch-loop", "epoch-scan", "e-step"),
@@ -414,12 +418,14 @@ def run_in_subprocess(spec: str, argv: list[str]) -> dict:
       # Cold caches, so that torch.compile's time is a compilation, as JAX's is here.
       env["TORCHINDUCTOR_CACHE_DIR"] = str(pathlib.Path(tmp) / "inductor")
       env["TRITON_CACHE_DIR"] = str(pathlib.Path(tmp) / "triton")
+    else:
+      xla_cpu.configure(environ=env)  # as bin/train runs: XLA:CPU's convolutions on every core
     output = pathlib.Path(tmp) / "record.json"
     print(f"measuring {spec} ...", file=sys.stderr, flush=True)
     result = subprocess.run([sys.executable, __file__, *argv, "--worker", spec, "--worker-output", str(output)],
                             env=env, check=False)
     if output.exists():
-      return json.loads(output.read_text())
+      return {**json.loads(output.read_text()), "xla_flags": env.get("XLA_FLAGS", "")}
   return {"framework": framework, "mode": mode, "samples_per_sec": None, "compile_seconds": None, "device": None,
           "error": f"the measuring process exited with code {result.returncode} (its stderr is above)"}
 
@@ -428,12 +434,14 @@ def machine_lines(records: list[dict]) -> list[str]:
   devices = sorted({r["device"] for r in records if r.get("device") and not r["device"].startswith("cpu")})
   versions = {"jax": version("jax"), "jaxlib": version("jaxlib"), "flax": version("flax"), "torch": version("torch")}
   threads = sorted({r["torch_threads"] for r in records if r.get("torch_threads")})
+  flags = sorted({r["xla_flags"] for r in records if r.get("framework") == "jax" and r.get("xla_flags")})
   accelerator = ", ".join(devices) if devices else "none"
   return [
       f"CPU: {cpu_model()}, {cpu_cores()} cores usable ({os.cpu_count()} on the machine); accelerator: {accelerator}",
       "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
       + (f"; torch threads {', '.join(map(str, threads))}" if threads else ""),
       f"python {platform.python_version()}, {platform.system()} {platform.release()}",
+      *[f"XLA_FLAGS of the JAX processes: `{f}`" for f in flags],
   ]
 
 

@@ -29,7 +29,7 @@ import typing
 import jax
 import numpy as np
 
-from jaxclust import algos, data, metrics, parallel, report
+from jaxclust import algos, data, metrics, parallel, report, xla_cpu
 from jaxclust.checkpoint import write_json
 from jaxclust.engine import Engine
 from jaxclust.errors import CheckpointError, ConfigError, JaxclustError
@@ -305,6 +305,7 @@ def distributed_settings(args: argparse.Namespace, environ=None) -> tuple[str | 
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  xla_cpu.configure()  # before the first JAX computation: convolutions on every core
   pre = argparse.ArgumentParser(add_help=False)
   pre.add_argument("--algo", default="depict")
   known, _ = pre.parse_known_args(argv)
