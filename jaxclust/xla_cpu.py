@@ -23,8 +23,10 @@ import importlib.metadata
 import os
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-FLAGS = (f"{YNN_FLAG}=",)  # no YNN fusions: XLA's own (Eigen) kernels, multi-threaded
-JAXLIBS = ((0, 10),)  # (major, minor) of the jaxlib releases that know the flag and were measured
+#: The flags :func:`configure` adds: no YNN fusions, so XLA's own (Eigen) kernels, multi-threaded.
+FLAGS = (f"{YNN_FLAG}=",)
+#: ``(major, minor)`` of the jaxlib releases that know the flag and where it was measured.
+JAXLIBS = ((0, 10),)
 
 
 def _jaxlib_release() -> tuple[int, int] | None:
