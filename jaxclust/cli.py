@@ -242,13 +242,19 @@ def _config_help(algo: str) -> str:
   return "\n".join(lines)
 
 
+def _example(algo: str) -> str:
+  keys = [f.name for f in dataclasses.fields(algos.REGISTRY[algo].Config)]
+  key = "warmup_epochs" if "warmup_epochs" in keys else keys[0]
+  return f"example: bin/train --algo {algo} --dataset fashion-mnist-test --set {key}=20"
+
+
 def make_parser(algo: str | None = None) -> argparse.ArgumentParser:
   epilog = _config_help(algo) if algo in algos.REGISTRY else "pass --algo NAME --help to list its config keys"
   parser = argparse.ArgumentParser(
       prog="bin/train",
       description="Train a deep clustering algorithm and write assignments, metrics and checkpoints.",
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=epilog + "\n\nexample: bin/train --algo depict --dataset fashion-mnist-test --set warmup_epochs=20",
+      epilog=epilog + "\n\n" + _example(algo if algo in algos.REGISTRY else "depict"),
   )
   parser.add_argument("--algo", default="depict", help=f"one of: {', '.join(sorted(algos.REGISTRY))}")
   parser.add_argument("--dataset", default=data.DEFAULT_DATASET,

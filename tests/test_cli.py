@@ -160,6 +160,10 @@ def test_help_lists_each_algorithms_keys():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "train"), "--algo", "idec", "--help"],
                        capture_output=True, text=True, check=True).stdout
   assert "clustering_weight = 0.1" in out and "hidden_dims = (500, 500, 2000)" in out
+  example = out.strip().splitlines()[-1]
+  assert example.startswith("example: bin/train --algo idec ")
+  key = example.split("--set ")[1].split("=")[0]
+  assert f"  {key} = " in out  # the example overrides one of idec's own keys
 
 
 def test_pretrained_flag_starts_from_an_earlier_runs_warmup(finished_run, npz_dataset, tmp_path, capsys):
