@@ -1,6 +1,7 @@
 """The data tools of the benchmark scripts: the imbalanced-subset protocol of paper 003."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -62,3 +63,132 @@ def test_scaling_worker_measures_every_phase_on_a_small_subset():
   assert record["peak_memory_bytes"] > 0
   table = scaling.markdown([record, {"algo": "dec", "n": 600, "error": "exit code 1"}], "cmd")
   assert "| dec | 300 |" in table and "failed: exit code 1" in table
+
+
+def write_finished_run(workdir, summary, warmup_seconds, round_seconds, init_acc):
+  """A workdir as ``cli.train_and_evaluate`` leaves it: ``config.json``, ``metrics.jsonl`` and ``summary.json``."""
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"algo": summary["algo"], "dataset": summary["dataset"]}))
+  records = [{"phase": "warmup", "epoch": i + 1, "loss": 0.5, "reconstruction": 0.5, "seconds": s, "last": False}
+             for i, s in enumerate(warmup_seconds)]
+  records.append({"phase": "init", "round": 0, "acc": init_acc, "nmi": 0.5, "ari": 0.4, "seconds": 2.0})
+  records += [{"phase": "round", "round": i + 1, "clustering": 0.1, "loss": 0.1, "changed": 0.01, "acc": 0.6,
+               "seconds": s} for i, s in enumerate(round_seconds)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  (workdir / "summary.json").write_text(json.dumps(summary))
+
+
+def fake_summary(algo, dataset, n, rng):
+  acc, nmi, ari = rng.uniform(0.4, 0.9, 3)
+  return {"algo": algo, "dataset": dataset, "n": n, "n_clusters": 10, "rounds": int(rng.integers(5, 40)),
+          "converged": True, "seconds": float(rng.uniform(100, 900)), "train_seconds": 90.0,
+          "acc": acc, "nmi": nmi, "ari": ari, "nmi_geometric": nmi}
+
+
+def table_rows(output):
+  """The markdown table's rows as ``{(algo, dataset): {column: cell}}``."""
+  lines = [line for line in output.splitlines() if line.startswith("| ")]
+  header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+  rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)) for line in lines[1:]]
+  return {(r["algo"], r["dataset"]): r for r in rows}
+
+
+def test_quality_table_only_assembles_finished_runs_and_marks_the_missing(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JAXCLUST_XLA_CPU", "0")
+  quality = load_script("quality")
+  rng = np.random.default_rng(0)
+  made = {}
+  for dataset, n, seeds in (("digits", 1797, (0, 1, 2)), ("fashion-mnist-test", 10000, (0, 2))):
+    for seed in seeds:
+      summary = fake_summary("dec", dataset, n, rng)
+      times = (rng.uniform(0.5, 2.0, 4), rng.uniform(1.0, 5.0, 6), float(rng.uniform(0.3, 0.8)))
+      write_finished_run(tmp_path / f"dec-{dataset}-seed{seed}", summary, *times)
+      made.setdefault(dataset, []).append((summary, *times))
+  (tmp_path / "idec-digits-seed0").mkdir()  # started, not finished: no summary.json
+  (tmp_path / "idec-digits-seed0" / "config.json").write_text("{}")
+
+  assert quality.main(["--algos", "dec", "idec", "--root", str(tmp_path), "--datasets", "digits",
+                       "fashion-mnist-test", "--table-only", "--json", str(tmp_path / "rows.json")]) == 0
+  out = capsys.readouterr().out
+  rows = table_rows(out)
+  assert list(rows) == [("dec", "digits"), ("idec", "digits"), ("dec", "fashion-mnist-test"),
+                        ("idec", "fashion-mnist-test")]
+  for dataset, runs in made.items():
+    row = rows["dec", dataset]
+    for key in ("acc", "nmi", "ari"):
+      values = np.array([summary[key] for summary, *_ in runs])
+      assert row[key.upper()] == f"{values.mean():.3f} ± {values.std():.3f}"
+    assert row["N"] == str(runs[0][0]["n"])
+    assert row["total s / run"] == f"{np.mean([summary['seconds'] for summary, *_ in runs]):.0f}"
+    assert row["s / warm-up epoch"] == f"{np.mean([np.median(w) for _, w, _, _ in runs]):.2f}"
+    assert row["s / round"] == f"{np.mean([np.median(r) for _, _, r, _ in runs]):.2f}"
+    init = np.array([i for *_, i in runs])
+    assert row["k-means on the warmed-up embedding ACC"] == f"{init.mean():.3f} ± {init.std():.3f}"
+  assert rows["dec", "digits"]["seeds"] == "3 of 3"
+  assert rows["dec", "fashion-mnist-test"]["seeds"] == "2 of 3 (no seed 1)"
+  assert rows["idec", "digits"]["seeds"] == "0 of 3 (seed 0 unfinished; no seed 1, 2)"
+  assert rows["idec", "fashion-mnist-test"]["seeds"] == "not run"
+  assert rows["idec", "digits"]["ACC"] == rows["idec", "digits"]["N"] == "—"
+  # The papers report DEC and IDEC on all 70,000 Fashion-MNIST images, nothing on digits.
+  assert rows["dec", "fashion-mnist-test"]["paper ACC / NMI"] == "0.518 / 0.546 (70k) [DSCDAN T3]"
+  assert rows["idec", "fashion-mnist-test"]["paper ACC / NMI"] == "0.529 / 0.557 (70k) [DSCDAN T3]"
+  assert rows["dec", "digits"]["paper ACC / NMI"] == rows["idec", "digits"]["paper ACC / NMI"] == "—"
+  assert "[DSCDAN T3] Yang et al." in out and "[DEPICT T2]" not in out
+
+  saved = json.loads((tmp_path / "rows.json").read_text())
+  assert [(r["algo"], r["dataset"], r["seeds_finished"]) for r in saved] == [
+      ("dec", "digits", [0, 1, 2]), ("idec", "digits", []), ("dec", "fashion-mnist-test", [0, 2]),
+      ("idec", "fashion-mnist-test", [])]
+  np.testing.assert_allclose(saved[2]["acc"], [summary["acc"] for summary, *_ in made["fashion-mnist-test"]])
+
+
+def test_quality_papers_column_matches_the_dataset_and_marks_a_whole_dataset_number():
+  quality = load_script("quality")
+  assert quality.paper_cell(quality.paper_result("dscdan", "fashion-mnist"), 70000) == "0.662 / 0.645 [DSCDAN T3]"
+  assert quality.paper_cell(quality.paper_result("depict", "mnist-test"), 10000) == "0.963 / 0.915 [DEPICT T2]"
+  # ICS reports MNIST only on all 70,000 images, and ACC alone.
+  assert quality.paper_cell(quality.paper_result("ics", "mnist-test"), 10000) == "0.9893 / — (70k) [ICS T1]"
+  assert quality.paper_cell(quality.paper_result("spectralnet", "fashion-mnist-test"), 10000) == "—"
+  assert quality.paper_result("dec", "digits") is None
+  for algo, results in quality.PAPER_RESULTS.items():
+    assert algo in quality.ALGO_ORDER
+    for result in results.values():
+      assert result["cite"] in quality.SOURCES and 0 < result["acc"] < 1
+
+
+def test_quality_skips_a_dataset_whose_files_are_missing(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JAXCLUST_XLA_CPU", "0")
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "no-data"))
+  quality = load_script("quality")
+  root = tmp_path / "runs"
+  # Nothing to train: the only dataset asked for is not installed.
+  assert quality.main(["--algo", "dec", "--root", str(root), "--datasets", "mnist-test"]) == 0
+  captured = capsys.readouterr()
+  notes = [line for line in captured.err.splitlines() if "mnist-test" in line]
+  assert len(notes) == 1 and notes[0].startswith("note: skipping mnist-test") and "not bundled" in notes[0]
+  assert "| mnist-test |" not in captured.out and not root.exists()
+
+  assert quality.main(["--algos", "dec", "--root", str(root), "--datasets", "digits", "mnist-test",
+                       "--table-only"]) == 0
+  captured = capsys.readouterr()
+  assert list(table_rows(captured.out)) == [("dec", "digits")]
+  assert "skipping mnist-test" in captured.err
+
+  # Runs made elsewhere are read back even where the files are missing.
+  write_finished_run(root / "dec-mnist-test-seed0", fake_summary("dec", "mnist-test", 10000, np.random.default_rng(1)),
+                     [1.0], [2.0], 0.5)
+  assert quality.main(["--algos", "dec", "--root", str(root), "--datasets", "mnist-test", "--table-only"]) == 0
+  row = table_rows(capsys.readouterr().out)["dec", "mnist-test"]
+  assert row["seeds"] == "1 of 3 (no seed 1, 2)" and row["paper ACC / NMI"] == "0.856 / 0.830 [DSCDAN T3]"
+
+
+def test_quality_rejects_an_unknown_algorithm_or_dataset(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JAXCLUST_XLA_CPU", "0")
+  quality = load_script("quality")
+  assert quality.main(["--algos", "dec", "kmeans", "--root", str(tmp_path), "--table-only"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == "error: unknown algorithm 'kmeans'; known: depict, dec, idec, ics, spectralnet, dscdan"
+  assert quality.main(["--algo", "dec", "--root", str(tmp_path), "--datasets", "digitz", "--table-only"]) == 2
+  assert "unknown dataset 'digitz'" in capsys.readouterr().err
+  assert quality.ordered_algos(None, None) == ["depict", "dec", "idec", "ics", "spectralnet", "dscdan"]
+  assert quality.ordered_algos(["idec", "dec"], "dec") == ["dec", "idec"]
