@@ -1,12 +1,16 @@
 """Several hosts: bin/train in two processes of 2 (emulated CPU) devices each, joined over
-127.0.0.1, gives the result of one process of 4 devices; process 0 alone writes the results.
-Bad distributed settings give one clear line."""
+127.0.0.1, gives the result of one process of 4 devices, for DEC and for SpectralNet (whose
+rounds end with a whole-dataset pass and k-means on its outputs); process 0 alone writes the
+results. Two processes stopped after some rounds and rerun in the same workdir resume from the
+last complete round and end as an uninterrupted run. Bad distributed settings give one clear
+line."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 
 from jaxclust import cli, data, metrics, parallel
 from jaxclust.checkpoint import Checkpointer
+from jaxclust.engine import MODEL_STATE
 from tests.test_parallel import DEC
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,15 +61,26 @@ def digits_subset(tmp_path_factory):
   return path, digits.y[:N_SAMPLES]
 
 
-def train_args(dataset, workdir):
-  config = {**DEC, "n_clusters": N_CLUSTERS, "batch_size": 30}  # 4 devices do not divide 30
+DEC_CONFIG = {**DEC, "n_clusters": N_CLUSTERS, "batch_size": 30}  # 4 devices do not divide 30
+# SpectralNet with small networks; its orthogonalization batches, affinities and per-round
+# k-means all see the global minibatch or dataset.
+SPECTRALNET = {"n_clusters": N_CLUSTERS, "hidden_dims": [32, 32, 64], "embedding_dim": 8, "spectral_hidden": [32, 32],
+               "batch_size": 30, "eval_batch_size": 64, "warmup_epochs": 1, "steps_per_round": 4, "max_rounds": 3,
+               "kmeans_n_init": 2, "tol": 0.0}
+
+
+def train_args(dataset, workdir, algo="dec", config=DEC_CONFIG):
   sets = [arg for k, v in config.items() for arg in ("--set", f"{k}={tuple(v) if isinstance(v, list) else v!r}")]
-  return ["--algo", "dec", "--dataset", f"npz:{dataset}", "--workdir", str(workdir), *sets]
+  return ["--algo", algo, "--dataset", f"npz:{dataset}", "--workdir", str(workdir), *sets]
 
 
-def device_env(devices, **extra):
+def device_env(devices, cache, **extra):
+  # The runs share one compilation cache: a run compiles only what no earlier run of the same
+  # devices and processes did.
   return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+          **extra}
 
 
 def free_port():
@@ -73,43 +89,94 @@ def free_port():
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(digits_subset, tmp_path_factory):
-  """One process of 4 devices; then two processes of 2 devices sharing one workdir, process 0
-  told by flags, process 1 by the environment variables."""
-  dataset, labels = digits_subset
-  root = tmp_path_factory.mktemp("runs")
-  single = root / "single"
-  done = subprocess.run([sys.executable, TRAIN, *train_args(dataset, single), "--quiet", "--no-plots"],
-                        env=device_env(4), capture_output=True, text=True, check=False, timeout=900)
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def logged_records(workdir):
+  """``(phase, epoch, round)`` of every line of ``metrics.jsonl``."""
+  return [(r["phase"], r.get("epoch"), r.get("round")) for r in map(json.loads, (workdir / "metrics.jsonl").open())]
+
+
+def train_alone(args, cache):
+  """bin/train ARGS in one process of 4 devices; fails unless it exits with 0."""
+  done = subprocess.run([sys.executable, TRAIN, *args, "--quiet", "--no-plots"], env=device_env(4, cache),
+                        capture_output=True, text=True, check=False, timeout=900)
   assert done.returncode == 0, done.stderr
 
-  shared, address = root / "shared", f"127.0.0.1:{free_port()}"
+
+def train_together(args, cache, writes_logs=(None, None)):
+  """bin/train ARGS in two processes of 2 devices each joined over 127.0.0.1, process 0 told
+  by flags, process 1 by the environment variables; a process given a path in ``writes_logs``
+  lists there every path it writes. Fails unless both exit with 0; returns their stderr."""
+  address = f"127.0.0.1:{free_port()}"
   flags = ["--coordinator-address", address, "--num-processes", "2", "--process-id", "0"]
   variables = {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-  processes = []
-  for pid, (extra_args, extra_env) in enumerate([(flags, {}), ([], variables)]):
-    env = device_env(2, WRITES_LOG=str(root / f"writes{pid}.txt"), **extra_env)
-    processes.append(subprocess.Popen([sys.executable, "-c", AUDITED_TRAIN, TRAIN, *train_args(dataset, shared),
-                                       *extra_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-  outputs = []
-  for process in processes:
-    try:
-      _, err = process.communicate(timeout=900)
-    finally:
+  processes, outputs = [], []
+  try:
+    for (extra_args, extra_env), log in zip([(flags, {}), ([], variables)], writes_logs):
+      runner = [TRAIN] if log is None else ["-c", AUDITED_TRAIN, TRAIN]
+      env = device_env(2, cache, **extra_env, **({} if log is None else {"WRITES_LOG": str(log)}))
+      # Output goes to files, not pipes: a process blocked on a full pipe while the other is
+      # awaited would stall both at their next collective.
+      outputs.append(tempfile.TemporaryFile("w+"))
+      processes.append(subprocess.Popen([sys.executable, *runner, *args, *extra_args], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=outputs[-1]))
+    codes = [process.wait(timeout=900) for process in processes]
+    errs = []
+    for output in outputs:
+      output.seek(0)
+      errs.append(output.read())
+  finally:
+    for process in processes:
       if process.poll() is None:
         process.kill()
-    outputs.append((process.returncode, err))
-  for pid, (code, err) in enumerate(outputs):
+    for output in outputs:
+      output.close()
+  for pid, (code, err) in enumerate(zip(codes, errs)):
     assert code == 0, f"process {pid}:\n{err}"
-  writes = [(root / f"writes{pid}.txt").read_text().splitlines() for pid in (0, 1)]
-  return {"single": single, "shared": shared, "labels": labels, "stderr": [err for _, err in outputs],
-          "writes": writes}
+  return errs
 
 
-def test_two_processes_give_the_result_of_one(runs):
-  single, shared, y = runs["single"], runs["shared"], runs["labels"]
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("xla-cache")
+
+
+@pytest.fixture(scope="module")
+def runs(digits_subset, xla_cache, tmp_path_factory):
+  """DEC in one process of 4 devices; then in two processes of 2 devices sharing one workdir."""
+  dataset, labels = digits_subset
+  root = tmp_path_factory.mktemp("runs")
+  single, shared = root / "single", root / "shared"
+  train_alone(train_args(dataset, single), xla_cache)
+  logs = [root / f"writes{pid}.txt" for pid in (0, 1)]
+  stderr = train_together(train_args(dataset, shared), xla_cache, writes_logs=logs)
+  writes = [log.read_text().splitlines() for log in logs]
+  return {"single": single, "shared": shared, "labels": labels, "stderr": stderr, "writes": writes}
+
+
+@pytest.fixture(scope="module")
+def spectral_runs(digits_subset, xla_cache, tmp_path_factory):
+  """SpectralNet in one process of 4 devices; in two processes of 2 devices; and in two
+  processes stopped after its first round (``max_rounds=1``), then rerun with the full config
+  in the same workdir."""
+  dataset, labels = digits_subset
+  root = tmp_path_factory.mktemp("spectral")
+  single, shared, resumed = root / "single", root / "shared", root / "resumed"
+  train_alone(train_args(dataset, single, "spectralnet", SPECTRALNET), xla_cache)
+  train_together(train_args(dataset, shared, "spectralnet", SPECTRALNET), xla_cache)
+  train_together(train_args(dataset, resumed, "spectralnet", {**SPECTRALNET, "max_rounds": 1}), xla_cache)
+  stopped_at = checkpoint_steps(resumed)[-1]
+  stderr = train_together(train_args(dataset, resumed, "spectralnet", SPECTRALNET), xla_cache)
+  return {"single": single, "shared": shared, "resumed": resumed, "labels": labels,
+          "stopped_at": stopped_at, "stderr": stderr}
+
+
+def check_same_result(single, shared, y, max_rounds):
+  """The run of two processes in ``shared`` ends as the run of one in ``single``: the same
+  assignments up to the order of float reductions, the same logs and checkpoint steps, all
+  ``max_rounds`` rounds. Returns the last checkpoint of ``shared``."""
   one, two = np.load(single / "assignments.npy"), np.load(shared / "assignments.npy")
   assert one.shape == two.shape == (N_SAMPLES,)
   for score in (metrics.acc, metrics.nmi):
@@ -118,19 +185,22 @@ def test_two_processes_give_the_result_of_one(runs):
   np.testing.assert_allclose(np.load(single / "soft_assignments.npy"), np.load(shared / "soft_assignments.npy"),
                              atol=2e-2)
   summary = json.loads((shared / "summary.json").read_text())
-  assert summary["acc"] == pytest.approx(metrics.acc(y, two)) and summary["rounds"] == DEC["max_rounds"]
+  assert summary["acc"] == pytest.approx(metrics.acc(y, two)) and summary["rounds"] == max_rounds
   # One writer: the same records as the single process's, none twice.
-  records = [[(r["phase"], r.get("epoch"), r.get("round")) for r in map(json.loads, (w / "metrics.jsonl").open())]
-             for w in (single, shared)]
-  assert records[0] == records[1]
+  assert logged_records(single) == logged_records(shared)
   # Every process wrote its part of each checkpoint; the steps are those of the single run, and
   # this one process reads the last one back: the last E-step's assignments.
-  steps = [sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit()) for w in (single, shared)]
-  assert steps[0] == steps[1] and steps[0]
+  assert checkpoint_steps(single) == checkpoint_steps(shared) != []
   with Checkpointer(shared / "checkpoints") as checkpoints:
-    saved = checkpoints.restore_saved(steps[1][-1])
+    saved = checkpoints.restore_saved(checkpoint_steps(shared)[-1])
   np.testing.assert_array_equal(np.asarray(saved["assignments"]), two)
-  assert int(saved["phase"]) == 1 and int(saved["counter"]) == DEC["max_rounds"]
+  assert int(saved["phase"]) == 1 and int(saved["counter"]) == max_rounds
+  return saved
+
+
+def test_two_processes_give_the_result_of_one(runs):
+  """DEC: two processes of 2 devices end as one process of 4."""
+  check_same_result(runs["single"], runs["shared"], runs["labels"], DEC["max_rounds"])
 
 
 def test_only_process_0_writes_results_and_prints(runs):
@@ -149,6 +219,33 @@ def test_only_process_0_writes_results_and_prints(runs):
   assert "[round] round=4" in err0 and "done in" in err0 and "draw them with bin/report" in err0
   assert [line for line in err1.splitlines() if line.startswith("[") or "done in" in line] == []
   assert not (runs["shared"] / "report.html").exists()
+
+
+def test_spectralnet_in_two_processes_gives_the_result_of_one(spectral_runs):
+  """Each round's k-means on the outputs gathered from both processes (and the orthogonalization
+  on the whole dataset before it) gives the assignments of one process of 4 devices, up to the
+  order of float reductions; the logs, checkpoints and summary are those of that run."""
+  saved = check_same_result(spectral_runs["single"], spectral_runs["shared"], spectral_runs["labels"],
+                            SPECTRALNET["max_rounds"])
+  state = saved["params"][MODEL_STATE]  # the outputs were clustered, on the whole dataset
+  assert float(state["clustered"]) == 1.0 and float(state["n_samples"]) == N_SAMPLES
+
+
+def test_two_processes_resume_from_the_last_complete_round(spectral_runs):
+  """Two processes stopped after round 1 and rerun in the same workdir resume from round 1's
+  checkpoint (k-means++ on the outputs done, its centroids saved), run the later rounds only,
+  and end with the assignments of the uninterrupted run of two processes."""
+  resumed, shared = spectral_runs["resumed"], spectral_runs["shared"]
+  round_1 = SPECTRALNET["warmup_epochs"] + 1 + 1  # the engine's checkpoint step of round 1
+  assert spectral_runs["stopped_at"] == round_1
+  err0, err1 = spectral_runs["stderr"]
+  assert f"resuming from checkpoint step {round_1} in" in err0 and "resuming" not in err1
+  np.testing.assert_array_equal(np.load(resumed / "assignments.npy"), np.load(shared / "assignments.npy"))
+  np.testing.assert_allclose(np.load(resumed / "soft_assignments.npy"), np.load(shared / "soft_assignments.npy"),
+                             rtol=1e-6)
+  # The warm-up and round 1 logged by the first run, the later rounds by the second: none twice.
+  assert logged_records(resumed) == logged_records(shared)
+  assert json.loads((resumed / "summary.json").read_text())["rounds"] == SPECTRALNET["max_rounds"]
 
 
 @pytest.mark.parametrize("args, environ, message", [
