@@ -110,6 +110,22 @@ def initialised(orthonorm_gradient=True, orthonorm_batch="separate", **overrides
 # ----------------------------------------------------------------------------- the loss
 
 
+def test_orthogonalization_draw_does_not_depend_on_the_batch_padding():
+  """The engine pads a batch to a multiple of the device count with weight-0 rows; the
+  separate orthogonalization batch is ``batch_size`` rows whatever the padding, so the loss
+  of 30 real rows is the same padded to 32 (4 devices) as unpadded (1 device)."""
+  algo, params = initialised(batch_size=30)
+  padded, _ = one_batch(n_real=30)
+  unpadded = {**padded, "x": padded["x"][:30], "weights": padded["weights"][:30], "index": padded["index"][:30]}
+  key = jax.random.key(7)
+  loss_padded, terms_padded = algo.m_step_loss(params, padded, None, key)
+  loss_unpadded, terms_unpadded = algo.m_step_loss(params, unpadded, None, key)
+  np.testing.assert_allclose(loss_padded, loss_unpadded, rtol=1e-5)
+  np.testing.assert_allclose(terms_padded[MODEL_STATE]["orthonorm"], terms_unpadded[MODEL_STATE]["orthonorm"],
+                             rtol=1e-4)
+
+
+
 @pytest.mark.parametrize("orthonorm_batch", ["separate", "same"])
 def test_m_step_loss_matches_numpy(orthonorm_batch):
   algo, params = initialised(orthonorm_batch=orthonorm_batch)

@@ -445,7 +445,8 @@ class Dscdan(Algorithm):
       y_tilde = self._y_tilde(self._logits(params, mu) if logits is None else logits)
       y_tilde_orth = weights_orth = None
       if cfg.orthonorm_batch == "separate":
-        index, weights_orth = spectralnet.draw_rows(key_orth, batch["dataset"].shape[0], b, state["n_samples"])
+        index, weights_orth = spectralnet.draw_rows(key_orth, batch["dataset"].shape[0], cfg.batch_size,
+                                                    state["n_samples"])  # not the padded length: see SpectralNet
         mu_orth = self._encode(params, jnp.take(batch["dataset"], index, axis=0))[0]
         y_tilde_orth = self._y_tilde(self._logits(params, mu_orth))
       orthonorm = spectralnet.orthonorm_for_step(y_tilde, w, y_tilde_orth, weights_orth,

@@ -396,7 +396,8 @@ class SpectralNet(Algorithm):
     y_tilde = self._outputs(params, codes)
     y_tilde_orth = weights_orth = None
     if cfg.orthonorm_batch == "separate":
-      index, weights_orth = draw_rows(rng, batch["dataset"].shape[0], x.shape[0], state["n_samples"])
+      # batch_size rows, not the batch's padded length: the draw must not depend on the devices.
+      index, weights_orth = draw_rows(rng, batch["dataset"].shape[0], cfg.batch_size, state["n_samples"])
       y_tilde_orth = self._outputs(params, self._codes(params, jnp.take(batch["dataset"], index, axis=0)))
     orthonorm = orthonorm_for_step(y_tilde, w, y_tilde_orth, weights_orth, gradient=cfg.orthonorm_gradient,
                                    jitter=cfg.orthonorm_jitter)
