@@ -156,6 +156,36 @@ def test_semi_supervised_targets_are_fixed_to_the_best_map_cluster():
   assert len(set(clusters)) == len(np.unique(classes))
 
 
+def test_ward_clusters_match_scipys_ward_linkage_and_their_means():
+  from scipy.cluster.hierarchy import fcluster, linkage
+
+  rng = np.random.default_rng(3)
+  features = np.concatenate([rng.normal(c, 0.3, size=(40, 3)) for c in ((0, 0, 0), (3, 0, 0), (0, 3, 1))])
+  labels, centroids = depict.ward_clusters(features, 3)
+  expected = fcluster(linkage(features, method="ward"), t=3, criterion="maxclust")
+  assert metrics.acc(expected, np.asarray(labels)) == 1.0  # the same partition
+  for c in range(3):
+    np.testing.assert_allclose(centroids[c], features[np.asarray(labels) == c].mean(axis=0), rtol=1e-5)
+
+
+def test_ward_initial_clustering_sets_the_targets_and_the_softmax_weights():
+  engine = make_engine(init_clustering="ward")
+  features = np.asarray(engine.embed(engine.algo.init(jax.random.key(0), engine.x[:8])))
+  params = engine.algo.init(jax.random.key(0), engine.x[:8])
+  params, targets = engine.algo.init_clusters(params, features, jax.random.key(1))
+  labels, centroids = depict.ward_clusters(features, 4)
+  np.testing.assert_array_equal(np.asarray(targets).argmax(axis=1), np.asarray(labels))
+  unit = np.asarray(centroids) / np.linalg.norm(np.asarray(centroids), axis=1, keepdims=True)
+  np.testing.assert_allclose(params["head"]["kernel"], unit.T, rtol=1e-5)
+  assert engine.fit().rounds >= 1
+
+
+def test_ward_refuses_a_dataset_too_large_for_its_distance_matrix():
+  config = depict.DepictConfig(**{**TINY, "init_clustering": "ward"})
+  with pytest.raises(ConfigError, match="at most 30000"):
+    config.validate(depict.WARD_MAX_SAMPLES + 1)
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
@@ -164,6 +194,7 @@ def test_semi_supervised_targets_are_fixed_to_the_best_map_cluster():
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"prior": (1.0, 2.0)}, "prior must have n_clusters"),
         ({"target_form": "cubed"}, "target_form"),
+        ({"init_clustering": "spectral"}, "init_clustering"),
         ({"n_labeled": 5}, "needs a dataset with labels"),
     ],
 )
