@@ -100,6 +100,20 @@ def softmax(a):
   return e / e.sum(1, keepdims=True)
 
 
+def student_t(z, centroids):
+  """DEC eq. 1 with alpha = 1."""
+  q = 1.0 / (1.0 + ((f64(z)[:, None] - f64(centroids)[None]) ** 2).sum(-1))
+  return q / q.sum(1, keepdims=True)
+
+
+def spectral_posterior(state, mu, y_tilde):
+  """The model's soft assignments: the outputs ``Y~ W`` around their centroids once
+  clustered, the codes around theirs before."""
+  if float(state["clustered"]) > 0:
+    return student_t(f64(y_tilde) @ f64(state["orthonorm"]), state["centroids"])
+  return student_t(mu, state["code_centroids"])
+
+
 def pieces(algo, params, batch, rng):
   """The network outputs the loss is made of, with the loss's own random draws."""
   cfg = algo.config
@@ -135,7 +149,10 @@ def numpy_terms(algo, params, batch, rng, clustering):
       "local_mi": jsd(*p["local"], w),
   }
   if cfg.prior == "mixture" or (cfg.prior == "paper" and clustering):
-    terms["prior"] = mixture_kl(p["mu"], p["logvar"], softmax(p["logits"]), params["prior_means"], w)
+    posterior = softmax(p["logits"])
+    if clustering and cfg.cluster_posterior == "spectral":
+      posterior = spectral_posterior(params[MODEL_STATE], p["mu"], p["logits"])
+    terms["prior"] = mixture_kl(p["mu"], p["logvar"], posterior, params["prior_means"], w)
   else:
     terms["prior"] = gaussian_kl(p["mu"], p["logvar"], w)
   if clustering:
@@ -248,6 +265,33 @@ def test_the_authors_code_options_match_numpy():
     np.testing.assert_allclose(loss, weighted_total(algo.config, expected), rtol=2e-3)
 
 
+@pytest.mark.parametrize("clustered", [0.0, 1.0])
+def test_the_spectral_cluster_posterior_is_the_models_assignments_held_fixed(clustered):
+  algo, params = initialised(cluster_posterior="spectral")
+  keys = jax.random.split(jax.random.key(11), 3)
+  k, d = algo.config.n_clusters, algo.config.latent_dim
+  params[MODEL_STATE] = {**params[MODEL_STATE], "clustered": jnp.float32(clustered),
+                         "orthonorm": jax.random.normal(keys[0], (k, k)),
+                         "centroids": jax.random.normal(keys[1], (k, k)),
+                         "code_centroids": 0.1 * jax.random.normal(keys[2], (k, d))}
+  batch, rng = one_batch(), jax.random.key(4)
+  loss, terms = jax.jit(algo.m_step_loss)(params, batch, None, rng)
+  expected = numpy_terms(algo, params, batch, rng, clustering=True)
+  np.testing.assert_allclose(terms["prior"], expected["prior"], rtol=2e-3, err_msg="prior")
+  np.testing.assert_allclose(loss, weighted_total(algo.config, expected), rtol=2e-3)
+  # Held fixed: the prior term alone sends no gradient to the spectral network, but reaches
+  # the encoder and the prior's means.
+  prior_only, _ = initialised(cluster_posterior="spectral", **{key: 0.0 for key in dscdan.WEIGHTS if key != "prior_weight"})
+  grads = jax.grad(lambda p: prior_only.m_step_loss(p, batch, None, rng)[0])(params)
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["spectral"]))
+  for part in ("ae", "prior_means"):
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[part])), part
+  # The softmax posterior does send one.
+  softmax_prior, _ = initialised(**{key: 0.0 for key in dscdan.WEIGHTS if key != "prior_weight"})
+  grads = jax.grad(lambda p: softmax_prior.m_step_loss(p, batch, None, rng)[0])(params)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["spectral"]))
+
+
 def test_gradients_reach_every_network_in_the_joint_phase():
   algo, params = initialised()
   batch = one_batch()
@@ -307,6 +351,7 @@ def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, 
     ({"noise": "additive"}, "noise"),
     ({"global_mi_pairs": "pixels"}, "global_mi_pairs"),
     ({"prior": "uniform"}, "prior"),
+    ({"cluster_posterior": "argmax"}, "cluster_posterior"),
     ({"assign": "spectral"}, "assign"),
     ({"conv_features": ()}, "conv_features"),
     ({"latent_dim": 0}, "latent_dim"),

@@ -255,6 +255,7 @@ class DscdanConfig(TrainConfig):
   noise_stddev: float = 0.5  # multiplicative noise's standard deviation
   global_mi_pairs: str = "image"  # T_1(x, z) (paper) or "code": T_1(z^, z^) (code)
   prior: str = "paper"  # "paper", "mixture" (code) or "standard"
+  cluster_posterior: str = "softmax"  # p(y|z) in eq. 19: "softmax" of the logits (code) or "spectral"
 
   # the weight of each term of eq. 13 / eq. 20; 0 drops it
   reconstruction_weight: float = 0.5  # delta
@@ -288,6 +289,8 @@ class DscdanConfig(TrainConfig):
       raise ConfigError(f"global_mi_pairs must be 'image' or 'code'; got {self.global_mi_pairs!r}")
     if self.prior not in PRIORS:
       raise ConfigError(f"prior must be one of {list(PRIORS)}; got {self.prior!r}")
+    if self.cluster_posterior not in ("softmax", "spectral"):
+      raise ConfigError(f"cluster_posterior must be 'softmax' or 'spectral'; got {self.cluster_posterior!r}")
     if self.assign not in ("kmeans", "argmax"):
       raise ConfigError(f"assign must be 'kmeans' or 'argmax'; got {self.assign!r}")
     for name in ("noise_stddev", "negative_slope", *WEIGHTS):
@@ -387,6 +390,27 @@ class Dscdan(Algorithm):
       return losses.sample_gaussian(key, mu, logvar)
     return losses.multiplicative_gaussian_noise(key, mu, stddev=self.config.noise_stddev)
 
+  def _orthonormal_outputs(self, params, batch, y_tilde, w, key):
+    """``(Y, W)``: the orthonorm layer's outputs for the step's batch and its weights (eq. 17-18)."""
+    cfg = self.config
+    y_tilde_orth = weights_orth = None
+    if cfg.orthonorm_batch == "separate":
+      index, weights_orth = spectralnet.draw_rows(key, batch["dataset"].shape[0], cfg.batch_size,
+                                                  params[MODEL_STATE]["n_samples"])  # not the padded length: see SpectralNet
+      mu_orth = self._encode(params, jnp.take(batch["dataset"], index, axis=0))[0]
+      y_tilde_orth = self._y_tilde(self._logits(params, mu_orth))
+    orthonorm = spectralnet.orthonorm_for_step(y_tilde, w, y_tilde_orth, weights_orth,
+                                               gradient=cfg.orthonorm_gradient, jitter=cfg.orthonorm_jitter)
+    return spectralnet.orthonormal_outputs(y_tilde, orthonorm), orthonorm
+
+  def _cluster_posterior(self, state, mu, logits, clustering):
+    """``p(y|z)`` of eq. 19: the softmax of the spectral network's last layer, or (with
+    ``cluster_posterior="spectral"``, in the joint phase) the model's current soft assignments
+    (:meth:`predict`'s), held fixed."""
+    if not clustering or self.config.cluster_posterior == "softmax":
+      return jax.nn.softmax(logits)
+    return jax.lax.stop_gradient(spectralnet.spectral_soft_assignments(state, mu, self._y_tilde(logits)))
+
   def _uses_mixture(self, clustering: bool) -> bool:
     prior = self.config.prior
     return prior == "mixture" or (prior == "paper" and clustering)
@@ -430,30 +454,26 @@ class Dscdan(Algorithm):
         terms["local_mi"] = losses.jsd_mutual_information(discriminator(feature_map, mu),
                                                           discriminator(feature_map, mu[permutation]), w)
 
-    logits = None
+    state = params[MODEL_STATE]
+    uses_mixture = cfg.prior_weight > 0 and self._uses_mixture(clustering)
+    logits = y = orthonorm = None
+    if uses_mixture or (clustering and cfg.spectral_weight > 0):
+      logits = self._logits(params, mu)
+    if clustering and cfg.spectral_weight > 0:
+      y, orthonorm = self._orthonormal_outputs(params, batch, self._y_tilde(logits), w, key_orth)
+
     if cfg.prior_weight > 0:
-      if self._uses_mixture(clustering):
-        logits = self._logits(params, mu)
-        terms["prior"] = mixture_kl(mu, logvar, jax.nn.softmax(logits), params["prior_means"], w)
+      if uses_mixture:
+        terms["prior"] = mixture_kl(mu, logvar, self._cluster_posterior(state, mu, logits, clustering),
+                                    params["prior_means"], w)
       else:
         terms["prior"] = losses.gaussian_kl(mu, logvar, w)
 
     # L_c, eq. 14-18 (the joint phase only).
     new_state = {}
     if clustering and cfg.spectral_weight > 0:
-      state = params[MODEL_STATE]
-      y_tilde = self._y_tilde(self._logits(params, mu) if logits is None else logits)
-      y_tilde_orth = weights_orth = None
-      if cfg.orthonorm_batch == "separate":
-        index, weights_orth = spectralnet.draw_rows(key_orth, batch["dataset"].shape[0], cfg.batch_size,
-                                                    state["n_samples"])  # not the padded length: see SpectralNet
-        mu_orth = self._encode(params, jnp.take(batch["dataset"], index, axis=0))[0]
-        y_tilde_orth = self._y_tilde(self._logits(params, mu_orth))
-      orthonorm = spectralnet.orthonorm_for_step(y_tilde, w, y_tilde_orth, weights_orth,
-                                                 gradient=cfg.orthonorm_gradient, jitter=cfg.orthonorm_jitter)
-      y = spectralnet.orthonormal_outputs(y_tilde, orthonorm)
       terms["spectral"] = spectralnet.batch_spectral_loss(y, spectralnet.batch_affinity(cfg, mu, w), w,
-                                                                cfg.batch_size)
+                                                          cfg.batch_size)
       new_state = {MODEL_STATE: {**state, "orthonorm": jax.lax.stop_gradient(orthonorm)}}
 
     signs = {"global_mi": -1.0, "local_mi": -1.0}
