@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from jaxclust import data
+from jaxclust import data, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,3 +192,30 @@ def test_quality_rejects_an_unknown_algorithm_or_dataset(tmp_path, monkeypatch, 
   assert "unknown dataset 'digitz'" in capsys.readouterr().err
   assert quality.ordered_algos(None, None) == ["depict", "dec", "idec", "ics", "spectralnet", "dscdan"]
   assert quality.ordered_algos(["idec", "dec"], "dec") == ["dec", "idec"]
+
+
+def test_warmup_embedding_clusterings_recover_separated_blobs_and_skip_ward_when_too_large():
+  warmup_embedding = load_script("warmup_embedding")
+  rng = np.random.default_rng(0)
+  centres = np.array([[0, 0], [5, 0], [0, 5]], float)
+  z = np.concatenate([rng.normal(c, 0.3, size=(30, 2)) for c in centres])
+  truth = np.repeat(np.arange(3), 30)
+  found = warmup_embedding.clusterings(z, 3, seed=0, ward_max=1000)
+  assert set(found) == {"kmeans", "gmm", "ward", "ward-knn10"}
+  for name, (labels, seconds) in found.items():
+    assert metrics.acc(truth, labels) == 1.0, name
+    assert seconds >= 0
+  assert "ward" not in warmup_embedding.clusterings(z, 3, seed=0, ward_max=50)
+
+
+def test_warmup_embedding_writes_one_record_per_epoch_and_method(tmp_path, capsys):
+  warmup_embedding = load_script("warmup_embedding")
+  out = tmp_path / "records.json"
+  assert warmup_embedding.main(["--dataset", "digits", "--epochs", "1", "2", "--set", "batch_size=200",
+                                "--set", "conv_features=[4,4]", "--json", str(out)]) == 0
+  records = json.loads(out.read_text())
+  assert [(r["epoch"], r["method"]) for r in records] == [
+      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "ward-knn10", "ward")]
+  assert all(0 <= r["acc"] <= 1 and 0 <= r["nmi"] <= 1 and r["smallest"] >= 1 for r in records)
+  assert records[0]["loss"] > records[-1]["loss"]  # the warm-up goes on between the checks
+  assert len(capsys.readouterr().out.strip().splitlines()) == len(records)
