@@ -95,7 +95,18 @@ option:
   the joint phase; ``"mixture"`` is the code's, the mixture in both phases (its pretraining
   already trains a classifier and the means from zero); ``"standard"`` keeps ``N(0, I)``.
   ``p(y|z)`` is the softmax of the spectral network's last layer (the code's classifier
-  output; the paper does not say how its orthonormal ``y`` gives probabilities).
+  output; the paper does not say how its orthonormal ``y`` gives probabilities). With the
+  paper's linear output that softmax is nearly uniform from the first round on (the logits of
+  the small codes are small; on the digits its mean entropy is log K to 5 digits), and eq. 19's
+  ``KL(p || uniform)`` part is least at a constant row of logits. In the digits run that
+  collapsed after 48 rounds (BENCHMARKS.md) the outputs ``Y~`` had lost rank: centred, five
+  of their ten singular values fell from 0.43-0.98 of the largest to below 0.01, towards the
+  orthonorm layer's jitter, under which the outputs vanish. ``cluster_posterior=
+  "spectral"`` takes ``p(y|z)`` from the model's current soft assignments instead (those
+  :meth:`Dscdan.predict` returns: Student-t of the orthonormal outputs around the last
+  round's k-means centroids, of the codes around theirs before the first round), held fixed:
+  eq. 19 then pulls each code towards the means of the clusters it is assigned to and leaves
+  the spectral network to ``L_c``.
 - Spectral output: the paper's orthonorm layer "acts as a linear layer with K outputs"
   (``output_activation="linear"``); the code orthonormalizes a softmax (``"softmax"``).
 - Orthonorm weights: the paper computes them from the minibatch's own ``Y~`` ("the inputs to
@@ -454,27 +465,23 @@ class Dscdan(Algorithm):
         terms["local_mi"] = losses.jsd_mutual_information(discriminator(feature_map, mu),
                                                           discriminator(feature_map, mu[permutation]), w)
 
-    state = params[MODEL_STATE]
-    uses_mixture = cfg.prior_weight > 0 and self._uses_mixture(clustering)
-    logits = y = orthonorm = None
-    if uses_mixture or (clustering and cfg.spectral_weight > 0):
-      logits = self._logits(params, mu)
-    if clustering and cfg.spectral_weight > 0:
-      y, orthonorm = self._orthonormal_outputs(params, batch, self._y_tilde(logits), w, key_orth)
-
+    logits = None
     if cfg.prior_weight > 0:
-      if uses_mixture:
-        terms["prior"] = mixture_kl(mu, logvar, self._cluster_posterior(state, mu, logits, clustering),
-                                    params["prior_means"], w)
+      if self._uses_mixture(clustering):
+        logits = self._logits(params, mu)
+        posterior = self._cluster_posterior(params[MODEL_STATE], mu, logits, clustering)
+        terms["prior"] = mixture_kl(mu, logvar, posterior, params["prior_means"], w)
       else:
         terms["prior"] = losses.gaussian_kl(mu, logvar, w)
 
     # L_c, eq. 14-18 (the joint phase only).
     new_state = {}
     if clustering and cfg.spectral_weight > 0:
+      y_tilde = self._y_tilde(self._logits(params, mu) if logits is None else logits)
+      y, orthonorm = self._orthonormal_outputs(params, batch, y_tilde, w, key_orth)
       terms["spectral"] = spectralnet.batch_spectral_loss(y, spectralnet.batch_affinity(cfg, mu, w), w,
                                                           cfg.batch_size)
-      new_state = {MODEL_STATE: {**state, "orthonorm": jax.lax.stop_gradient(orthonorm)}}
+      new_state = {MODEL_STATE: {**params[MODEL_STATE], "orthonorm": jax.lax.stop_gradient(orthonorm)}}
 
     signs = {"global_mi": -1.0, "local_mi": -1.0}
     loss = jnp.zeros(())
