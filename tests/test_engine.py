@@ -170,8 +170,8 @@ def test_ward_clusters_match_scipys_ward_linkage_and_their_means():
 
 def test_ward_initial_clustering_sets_the_targets_and_the_softmax_weights():
   engine = make_engine(init_clustering="ward")
-  features = np.asarray(engine.embed(engine.algo.init(jax.random.key(0), engine.x[:8])))
   params = engine.algo.init(jax.random.key(0), engine.x[:8])
+  features = np.asarray(engine.embed(params))
   params, targets = engine.algo.init_clusters(params, features, jax.random.key(1))
   labels, centroids = depict.ward_clusters(features, 4)
   np.testing.assert_array_equal(np.asarray(targets).argmax(axis=1), np.asarray(labels))

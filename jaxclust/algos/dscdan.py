@@ -420,7 +420,13 @@ class Dscdan(Algorithm):
     (:meth:`predict`'s), held fixed."""
     if not clustering or self.config.cluster_posterior == "softmax":
       return jax.nn.softmax(logits)
-    return jax.lax.stop_gradient(spectralnet.spectral_soft_assignments(state, mu, self._y_tilde(logits)))
+    return jax.lax.stop_gradient(self._soft_assignments(state, mu, logits))
+
+  def _soft_assignments(self, state, mu, logits):
+    """The model's soft assignments of codes ``mu`` with spectral-network outputs ``logits``."""
+    if self.config.assign == "argmax":
+      return spectralnet.spectral_soft_assignments(state, mu, outputs=jax.nn.softmax(logits))
+    return spectralnet.spectral_soft_assignments(state, mu, self._y_tilde(logits))
 
   def _uses_mixture(self, clustering: bool) -> bool:
     prior = self.config.prior
@@ -526,12 +532,8 @@ class Dscdan(Algorithm):
   def predict(self, params, x):
     """Student-t soft assignments of the spectral outputs around their k-means centroids, or
     ``p(y|z)`` with ``assign="argmax"``; before the first round, those of k-means on the codes."""
-    state = params[MODEL_STATE]
     mu = self._encode(params, x)[0]
-    logits = self._logits(params, mu)
-    if self.config.assign == "argmax":
-      return spectralnet.spectral_soft_assignments(state, mu, outputs=jax.nn.softmax(logits))
-    return spectralnet.spectral_soft_assignments(state, mu, self._y_tilde(logits))
+    return self._soft_assignments(params[MODEL_STATE], mu, self._logits(params, mu))
 
   def e_step(self, soft_assignments):
     return soft_assignments
