@@ -287,7 +287,8 @@ def test_the_spectral_cluster_posterior_is_the_models_assignments_held_fixed(clu
   for part in ("ae", "prior_means"):
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[part])), part
   # The softmax posterior does send one.
-  softmax_prior, _ = initialised(**{key: 0.0 for key in dscdan.WEIGHTS if key != "prior_weight"})
+  softmax_prior, _ = initialised(cluster_posterior="softmax",
+                                 **{key: 0.0 for key in dscdan.WEIGHTS if key != "prior_weight"})
   grads = jax.grad(lambda p: softmax_prior.m_step_loss(p, batch, None, rng)[0])(params)
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["spectral"]))
 
