@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxclust import cli, metrics
+from jaxclust import algos, cli, data, metrics
 from tests.helpers import TINY, pattern_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,3 +177,29 @@ def test_pretrained_flag_starts_from_an_earlier_runs_warmup(finished_run, npz_da
   assert json.loads((workdir / "config.json").read_text())["pretrained"] == str(source)
   expect_error(capsys, ["--dataset", f"npz:{path}", "--workdir", str(tmp_path / "other"),
                         "--pretrained", str(tmp_path / "nowhere"), *TINY_ARGS], "pretrained:")
+
+
+# The public datasets' sizes (all splits together unless the name says test).
+DATASET_SIZES = {"digits": 1797, "mnist": 70000, "mnist-test": 10000, "fashion-mnist": 70000,
+                 "fashion-mnist-test": 10000, "usps": 9298, "frgc": 2462, "ytf": 10000, "cmu-pie": 2856}
+
+
+@pytest.mark.parametrize("algo", sorted(algos.REGISTRY))
+def test_every_per_dataset_setting_is_a_valid_config_at_that_datasets_size(algo):
+  module = algos.REGISTRY[algo]
+  for name in module.DATASET_SETTINGS:
+    assert name in DATASET_SIZES, f"{algo}: no size known for {name}"
+    config = module.Config(**module.dataset_settings(name, (28, 28, 1)))
+    config.validate(DATASET_SIZES[name])
+
+
+def test_the_depict_settings_of_a_dataset_reach_its_config_and_the_command_line_wins():
+  module = algos.REGISTRY["depict"]
+  x = np.zeros((12, 28, 28, 1), np.float32)
+  small = data.Dataset(x=x, y=None, name="fashion-mnist-test")
+  config = cli.build_config(module, small, {})
+  assert (config.init_clustering, config.learning_rate, config.warmup_learning_rate) == ("ward", 1e-4, 1e-3)
+  assert config.target_form == "paper"
+  assert cli.build_config(module, small, {"init_clustering": "kmeans"}).init_clustering == "kmeans"
+  full = cli.build_config(module, data.Dataset(x=x, y=None, name="fashion-mnist"), {})
+  assert (full.init_clustering, full.learning_rate) == ("kmeans", module.Config().learning_rate)

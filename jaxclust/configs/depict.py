@@ -15,12 +15,22 @@ network of our own: 8 -> 4 -> 4 (a second conv of stride 1 keeps the map from va
 
 _MNIST = dict(kernel_sizes=(4, 5), strides=(2, 2), paddings=(0, 2), n_clusters=10)
 
+# The 10k-image sets start from an agglomerative clustering, as the authors' code does for
+# MNIST-test and USPS (AC-PIC there, Ward's here), on the embedding of a warm-up with the
+# authors' layer weights (hidden reconstruction 0.1, no dropout after the second
+# convolution); the clustering rounds run at the paper's learning rate, 1e-4, the warm-up at
+# 1e-3. The target stays the paper's eq. 7. Chosen on fashion-mnist-test (BENCHMARKS.md,
+# "DEPICT quality"), where the old default (k-means, 1e-3 throughout, the paper's layer
+# weights) lost accuracy round after round; mnist-test and usps are not measured here.
+_SMALL = dict(_MNIST, init_clustering="ward", learning_rate=1e-4, warmup_learning_rate=1e-3,
+              hidden_reconstruction_weight=0.1, dropout_rates=(0.1, 0.1, 0.0))
+
 DATASET_SETTINGS: dict[str, dict] = {
     "mnist": _MNIST,
-    "mnist-test": _MNIST,
+    "mnist-test": _SMALL,
     "fashion-mnist": _MNIST,
-    "fashion-mnist-test": _MNIST,
-    "usps": _MNIST,
+    "fashion-mnist-test": _SMALL,
+    "usps": _SMALL,
     "frgc": dict(kernel_sizes=(4, 5), strides=(2, 2), paddings=(2, 2), n_clusters=20),
     "ytf": dict(kernel_sizes=(5, 4), strides=(2, 2), paddings=(2, 0), n_clusters=41),
     "cmu-pie": dict(kernel_sizes=(4, 5), strides=(2, 2), paddings=(2, 2), n_clusters=68),
