@@ -1121,7 +1121,8 @@ class DscdanTwin(SpectralHead, Twin):
     if cfg.prior_weight > 0:
       if cfg.prior == "mixture" or (cfg.prior == "paper" and clustering):
         logits = self.spectral(mu)
-        terms["prior"] = mixture_kl(mu, logvar, torch.softmax(logits, dim=-1), self.prior_means, weights)
+        terms["prior"] = mixture_kl(mu, logvar, self._cluster_posterior(mu, logits, clustering), self.prior_means,
+                                    weights)
       else:
         terms["prior"] = gaussian_kl(mu, logvar, weights)
     if clustering and cfg.spectral_weight > 0:
@@ -1146,12 +1147,21 @@ class DscdanTwin(SpectralHead, Twin):
     """Eq. 20: ``L_r + L_e + L_c``, eq. 19's prior in ``L_e``."""
     return self._objective(x, weights, draws, clustering=True)
 
-  def predict(self, x):
-    mu = self.encode(x)[0]
-    logits = self.spectral(mu)
+  def _soft_assignments(self, mu, logits):
     if self.config.assign == "argmax":
       return self.spectral_soft_assignments(mu, outputs=torch.softmax(logits, dim=-1))
     return self.spectral_soft_assignments(mu, self._y_tilde(logits))
+
+  def _cluster_posterior(self, mu, logits, clustering: bool):
+    """Eq. 19's ``p(y|z)``: the softmax of the logits, or in the joint phase with
+    ``cluster_posterior="spectral"`` the model's soft assignments, detached."""
+    if not clustering or self.config.cluster_posterior == "softmax":
+      return torch.softmax(logits, dim=-1)
+    return self._soft_assignments(mu, logits).detach()
+
+  def predict(self, x):
+    mu = self.encode(x)[0]
+    return self._soft_assignments(mu, self.spectral(mu))
 
   def e_step(self, soft_assignments):
     return soft_assignments

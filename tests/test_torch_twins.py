@@ -560,8 +560,9 @@ DSCDAN_CASES = {
     "digits-paper": ((8, 8, 1), {"n_clusters": 4}),
     "odd-image-code-options": ((7, 10, 2), {
         "n_clusters": 3, "conv_features": (4, 6), "latent_dim": 8, "negative_slope": 0.1, "noise": "sample",
-        "global_mi_pairs": "code", "prior": "mixture", "output_activation": "softmax", "assign": "argmax",
-        "orthonorm_batch": "separate", "affinity_scale": 1.5, "n_neighbors": 3, "spectral_hidden": (32, 16),
+        "global_mi_pairs": "code", "prior": "mixture", "cluster_posterior": "softmax", "output_activation": "softmax",
+        "assign": "argmax", "orthonorm_batch": "separate", "affinity_scale": 1.5, "n_neighbors": 3,
+        "spectral_hidden": (32, 16),
         "reconstruction_weight": 0.3, "relative_reconstruction_weight": 0.8, "global_mi_weight": 0.2,
         "local_mi_weight": 0.1, "prior_weight": 0.7, "spectral_weight": 2.0}),
     "terms-dropped": ((8, 8, 1), {
