@@ -20,11 +20,13 @@ Sources for what the paper leaves open, from the authors' code (herandy/DEPICT):
   for the other datasets. k-means is the default; ``init_clustering="ward"`` runs Ward's
   agglomerative clustering instead (ours: AC-PIC's merging is far costlier), for up to
   30,000 samples, and is the default of the 10k-image sets (MNIST-test, USPS and the
-  Fashion-MNIST test split; ``jaxclust.configs.depict``). The dropout of the authors' code is 0.1 on the input and the first
-  convolution and 0 on the second (``--set dropout_rates=[0.1,0.1,0.0]``).
+  Fashion-MNIST test split; ``jaxclust.configs.depict``). The dropout of the authors' code
+  is 0.1 on the input and the first convolution and 0 on the second
+  (``--set dropout_rates=[0.1,0.1,0.0]``; the default of the 10k-image sets).
 - The authors weight the hidden-layer reconstruction terms by 0.1 and compute Q as
   ``p^2 / sum_i p``: both are options here (``hidden_reconstruction_weight``,
-  ``target_form="squared"``); the defaults are the paper's eq. 12 and eq. 7.
+  ``target_form="squared"``); the defaults are the paper's eq. 12 and eq. 7, except that
+  the 10k-image sets take the authors' 0.1 (below).
 - Dropout: the paper's eq. 9 puts dropout on every layer of the noisy encoder; the default
   drops the input and each convolution's output with rate 0.1 (not the embedding).
 
