@@ -94,21 +94,20 @@ option:
 - Prior: ``prior="paper"`` is ``N(0, I)`` in the warm-up (eq. 10) and the mixture of eq. 19 in
   the joint phase; ``"mixture"`` is the code's, the mixture in both phases (its pretraining
   already trains a classifier and the means from zero); ``"standard"`` keeps ``N(0, I)``.
-  ``p(y|z)`` is the softmax of the spectral network's last layer (the code's classifier
-  output; the paper does not say how its orthonormal ``y`` gives probabilities). With the
-  paper's linear output that softmax is nearly uniform from the first round on (the logits of
-  the small codes are small; on the digits its mean entropy is log K to 5 digits), and eq. 19's
-  ``KL(p || uniform)`` part is least at a constant row of logits. In the digits run that
-  collapsed after 48 rounds (BENCHMARKS.md) the outputs ``Y~`` had lost rank: centred, five
-  of their ten singular values fell from 0.43-0.98 of the largest to below 0.01, towards the
-  orthonorm layer's jitter, under which the outputs vanish. The default,
-  ``cluster_posterior="spectral"`` (ours; the paper does not say how its orthonormal ``y``
-  gives probabilities), takes ``p(y|z)`` from the model's current soft assignments instead
-  (those :meth:`Dscdan.predict` returns: Student-t of the orthonormal outputs around the last
-  round's k-means centroids, of the codes around theirs before the first round), held fixed:
-  eq. 19 then pulls each code towards the means of the clusters it is assigned to and leaves
-  the spectral network to ``L_c``. With it the three digits seeds ran healthy to convergence
-  (BENCHMARKS.md); ``cluster_posterior="softmax"`` is the code's.
+  The paper does not say how its orthonormal ``y`` gives eq. 19's ``p(y|z)``; the code takes
+  the softmax of the spectral network's last layer, its classifier output
+  (``cluster_posterior="softmax"``). With the paper's linear output that softmax is nearly
+  uniform from the first round on (the logits of the small codes are small; on the digits its
+  mean entropy is log K to 5 digits), and eq. 19's ``KL(p || uniform)`` part is least at a
+  constant row of logits. In the digits run that collapsed after 48 rounds (BENCHMARKS.md) the
+  outputs ``Y~`` had lost rank: centred, five of their ten singular values fell from 0.43-0.98
+  of the largest to below 0.01, towards the orthonorm layer's jitter, under which the outputs
+  vanish. The default, ``cluster_posterior="spectral"`` (ours), takes ``p(y|z)`` from the
+  model's current soft assignments instead (those :meth:`Dscdan.predict` returns: Student-t of
+  the orthonormal outputs around the last round's k-means centroids, of the codes around
+  theirs before the first round), held fixed: eq. 19 then pulls each code towards the means of
+  the clusters it is assigned to and leaves the spectral network to ``L_c``. With it the three
+  digits seeds ran healthy to convergence (BENCHMARKS.md).
 - Spectral output: the paper's orthonorm layer "acts as a linear layer with K outputs"
   (``output_activation="linear"``); the code orthonormalizes a softmax (``"softmax"``).
 - Orthonorm weights: the paper computes them from the minibatch's own ``Y~`` ("the inputs to
