@@ -36,13 +36,15 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int) -> dict:
   from sklearn.mixture import GaussianMixture
   from sklearn.neighbors import kneighbors_graph
 
+  from jaxclust.algos import depict
+
   methods = {
       "kmeans": lambda: KMeans(k, n_init=10, random_state=seed).fit_predict(z),
       "gmm": lambda: GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit_predict(z),
       "ward-knn10": lambda: AgglomerativeClustering(k, connectivity=kneighbors_graph(z, 10)).fit_predict(z),
   }
   if len(z) <= ward_max:
-    methods["ward"] = lambda: AgglomerativeClustering(k).fit_predict(z)
+    methods["ward"] = lambda: depict.ward_clusters(z, k)[0]  # what init_clustering="ward" runs
   out = {}
   for name, fit in methods.items():
     t0 = time.time()
