@@ -1,0 +1,117 @@
+"""Agglomerative clustering via maximum incremental path integral (AC-PIC; Zhang, Zhao and
+Wang, Pattern Recognition 2013), the clustering DEPICT's paper names beside k-means for its
+initial assignments and the authors' code runs on MNIST-test and USPS.
+
+On the host, in NumPy and SciPy: a directed K-nearest-neighbour graph, the initial clusters
+of each sample joined with its nearest neighbour, then the pair of clusters with the largest
+incremental path integral merged until ``n_clusters`` remain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from jaxclust.errors import ConfigError, DataError
+
+
+def knn_transition(features: np.ndarray, n_neighbors: int = 20, a: float = 1.0) -> tuple[sp.csr_matrix, np.ndarray]:
+  """The random walk on the directed K-NN graph: ``(P [N, N] CSR, nearest neighbour [N])``.
+
+  ``w_ij = exp(-d_ij^2 / s^2)`` for ``j`` among the ``n_neighbors`` nearest neighbours of
+  ``i``, ``w_ii = 1``, ``s^2 = a * mean_i,j d_ij^2`` over those neighbours (doubled until
+  every sample's nearest neighbour weighs at least 1e-5), and ``P`` the row-normalised ``W``.
+  """
+  from sklearn.neighbors import NearestNeighbors
+
+  n = len(features)
+  dist, index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(features).kneighbors(features)
+  d2, index = dist[:, 1:] ** 2, index[:, 1:]
+  scale = d2.mean() * a
+  if scale <= 0:
+    raise DataError("AC-PIC: every sample coincides with its neighbours; nothing to cluster by")
+  while np.any(np.exp(-d2[:, 0] / scale) < 1e-5):
+    scale *= 2
+  rows = np.repeat(np.arange(n), n_neighbors)
+  w = sp.csr_matrix((np.exp(-d2 / scale).ravel(), (rows, index.ravel())), shape=(n, n))
+  w = (w + sp.identity(n, format="csr")).tocsr()
+  return sp.diags(1.0 / np.asarray(w.sum(axis=1)).ravel()) @ w, index[:, 0]
+
+
+def path_integral(p: sp.csr_matrix, nodes: np.ndarray, n_start: int, z: float, tol: float = 1e-12) -> float:
+  """``1_a^T (I - z P_C)^-1 1_a / |a|^2`` with ``P_C`` ``P`` restricted to ``C = nodes`` and
+  ``a = nodes[:n_start]``: the path integral of ``a`` conditioned on ``C`` (of ``C`` itself
+  when ``n_start == len(nodes)``), summed as the series ``sum_k z^k P_C^k`` to ``z^k < tol``."""
+  sub = p[nodes][:, nodes]
+  term = np.zeros(len(nodes))
+  term[:n_start] = 1.0
+  total = 0.0
+  for k in range(int(math.ceil(math.log(tol) / math.log(z))) + 1):
+    total += z ** k * term[:n_start].sum()
+    term = sub @ term
+  return total / n_start ** 2
+
+
+def acpic(features: np.ndarray, n_clusters: int, *, n_neighbors: int = 20, a: float = 1.0,
+          z: float = 0.01) -> np.ndarray:
+  """AC-PIC's labels ``[N]`` (int, ``0 .. n_clusters - 1``) for ``features`` ``[N, D]``.
+
+  The affinity of clusters ``a`` and ``b`` is the incremental path integral
+  ``(S_{a|a+b} - S_a) + (S_{b|a+b} - S_b)`` (:func:`path_integral`); only clusters joined by
+  an edge of the graph have one. Where no two clusters are joined (a graph of more than
+  ``n_clusters`` components), the two with the nearest means are merged. Defaults as in the
+  authors' DEPICT code (K = 20, a = 1, z = 0.01).
+
+  The cost is one sparse series per pair of neighbouring clusters and per merge: about 45 s
+  for 10,000 points of dimension 10 on two cores, a few thousand initial clusters.
+  """
+  features = np.asarray(features, np.float64)
+  n = len(features)
+  if not 2 <= n_clusters <= n:
+    raise ConfigError(f"AC-PIC: n_clusters must be in [2, {n}]; got {n_clusters}")
+  if not 0 < z < 1:
+    raise ConfigError(f"AC-PIC: z must be in (0, 1); got {z}")
+  n_neighbors = min(n_neighbors, n - 1)
+  p, nearest = knn_transition(features, n_neighbors, a)
+  _, labels = connected_components(sp.csr_matrix((np.ones(n), (np.arange(n), nearest)), shape=(n, n)),
+                                   directed=True, connection="weak")
+  members = {c: np.flatnonzero(labels == c) for c in range(labels.max() + 1)}
+  linked = (p + p.T).tocsr()
+  self_integral = {c: path_integral(p, m, len(m), z) for c, m in members.items()}
+
+  def affinity(a_, b_):
+    ma, mb = members[a_], members[b_]
+    return (path_integral(p, np.concatenate([ma, mb]), len(ma), z) - self_integral[a_]
+            + path_integral(p, np.concatenate([mb, ma]), len(mb), z) - self_integral[b_])
+
+  def neighbours(c):
+    return set(np.unique(labels[linked[members[c]].indices]).tolist()) - {c}
+
+  table = {}
+  for c in members:
+    for d in neighbours(c):
+      if d > c:
+        table[(c, d)] = affinity(c, d)
+  while len(members) > n_clusters:
+    a_, b_ = max(table, key=table.get) if table else _nearest_pair(features, members)
+    members[a_] = np.concatenate([members[a_], members.pop(b_)])
+    labels[members[a_]] = a_
+    self_integral[a_] = path_integral(p, members[a_], len(members[a_]), z)
+    del self_integral[b_]
+    table = {pair: v for pair, v in table.items() if a_ not in pair and b_ not in pair}
+    for d in neighbours(a_):
+      table[(min(a_, d), max(a_, d))] = affinity(a_, d)
+  _, labels = np.unique(labels, return_inverse=True)
+  return labels.astype(np.int32)
+
+
+def _nearest_pair(features: np.ndarray, members: dict) -> tuple[int, int]:
+  ids = sorted(members)
+  means = np.stack([features[members[c]].mean(axis=0) for c in ids])
+  d2 = ((means[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+  np.fill_diagonal(d2, np.inf)
+  i, j = np.unravel_index(np.argmin(d2), d2.shape)
+  return ids[min(i, j)], ids[max(i, j)]
