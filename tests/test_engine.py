@@ -168,12 +168,14 @@ def test_ward_clusters_match_scipys_ward_linkage_and_their_means():
     np.testing.assert_allclose(centroids[c], features[np.asarray(labels) == c].mean(axis=0), rtol=1e-5)
 
 
-def test_ward_initial_clustering_sets_the_targets_and_the_softmax_weights():
-  engine = make_engine(init_clustering="ward")
+@pytest.mark.parametrize("method", ["ward", "acpic"])
+def test_agglomerative_initial_clustering_sets_the_targets_and_the_softmax_weights(method):
+  engine = make_engine(init_clustering=method)
   params = engine.algo.init(jax.random.key(0), engine.x[:8])
   features = np.asarray(engine.embed(params))
   params, targets = engine.algo.init_clusters(params, features, jax.random.key(1))
-  labels, centroids = depict.ward_clusters(features, 4)
+  labels, centroids = getattr(depict, f"{method}_clusters")(features, 4)
+  assert len(np.unique(np.asarray(labels))) == 4
   np.testing.assert_array_equal(np.asarray(targets).argmax(axis=1), np.asarray(labels))
   unit = np.asarray(centroids) / np.linalg.norm(np.asarray(centroids), axis=1, keepdims=True)
   np.testing.assert_allclose(params["head"]["kernel"], unit.T, rtol=1e-5)
