@@ -4,14 +4,19 @@ clustering algorithm"; the paper names K-means or AC-PIC).
 
   python benchmarks/warmup_embedding.py --dataset fashion-mnist-test --epochs 10 20 30 50
   python benchmarks/warmup_embedding.py --set hidden_reconstruction_weight=0.1 --set dropout_rates=[0.1,0.1,0.0]
+  python benchmarks/warmup_embedding.py --pretrained runs/q6/depict-fashion-mnist-test-seed{0,1,2}
 
 Runs DEPICT's warm-up (reconstruction only, the engine's own epochs and random draws, so the
 embedding at epoch E is the one ``bin/train`` clusters when ``warmup_epochs=E``) and, at each
 epoch of ``--epochs``, clusters the clean embedding of the whole dataset with k-means (what the
-engine does, scikit-learn's, 10 restarts), a full-covariance Gaussian mixture, and Ward's
-agglomerative clustering (unconstrained, and on a 10-nearest-neighbour graph). Prints one JSON
-line per epoch and method with ACC and NMI against the labels (never used for training), the
-smallest cluster's size, and the seconds of that clustering; ``--json PATH`` writes them all.
+engine does, scikit-learn's, 10 restarts), a full-covariance Gaussian mixture, Ward's
+agglomerative clustering (unconstrained, and on a 10-nearest-neighbour graph) and AC-PIC
+(``jaxclust.acpic``, what ``init_clustering="acpic"`` runs). ``--pretrained WORKDIR ...``
+clusters instead the warmed-up embedding of finished ``bin/train --algo depict`` runs (the
+network their rounds started from, each with its own seed and config), with no warm-up here.
+Prints one JSON line per epoch and method with ACC and NMI against the labels (never used for
+training), the smallest cluster's size, and the seconds of that clustering; ``--json PATH``
+writes them all.
 Ward without a graph holds all pairwise distances: it is skipped above ``--ward-max`` samples.
 """
 
@@ -42,6 +47,7 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int) -> dict:
       "kmeans": lambda: KMeans(k, n_init=10, random_state=seed).fit_predict(z),
       "gmm": lambda: GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit_predict(z),
       "ward-knn10": lambda: AgglomerativeClustering(k, connectivity=kneighbors_graph(z, 10)).fit_predict(z),
+      "acpic": lambda: depict.acpic_clusters(z, k)[0],  # what init_clustering="acpic" runs
   }
   if len(z) <= ward_max:
     methods["ward"] = lambda: depict.ward_clusters(z, k)[0]  # what init_clustering="ward" runs
@@ -63,6 +69,8 @@ def main(argv=None) -> int:
                       help="a DEPICT config value, as bin/train's --set")
   parser.add_argument("--ward-max", type=int, default=20000)
   parser.add_argument("--json", type=pathlib.Path, default=None)
+  parser.add_argument("--pretrained", type=pathlib.Path, nargs="+", default=None, metavar="WORKDIR",
+                      help="cluster these finished DEPICT runs' warmed-up embeddings instead")
   args = parser.parse_args(argv)
   xla_cpu.configure()
 
@@ -76,25 +84,46 @@ def main(argv=None) -> int:
   if dataset.y is None:
     parser.error(f"{args.dataset} has no labels to score the clusterings against")
   overrides = dict(cli.parse_override(item) for item in args.overrides)
+  records = []
+
+  def score(z, config, epoch, loss, source=None):
+    z = np.asarray(z, np.float64)
+    for method, (labels, seconds) in clusterings(z, config.n_clusters, config.seed, args.ward_max).items():
+      record = {"dataset": args.dataset, "seed": config.seed, "overrides": overrides, "epoch": epoch,
+                "loss": loss, "method": method, "acc": metrics.acc(dataset.y, labels),
+                "nmi": metrics.nmi(dataset.y, labels), "smallest": int(np.bincount(labels).min()),
+                "seconds": seconds}
+      if source is not None:
+        record["pretrained"] = str(source)
+      records.append(record)
+      print(json.dumps(record), flush=True)
+
+  if args.pretrained:
+    for workdir in args.pretrained:
+      saved = json.loads((workdir / "config.json").read_text())
+      if saved.get("algo") != "depict" or saved.get("dataset") != args.dataset:
+        parser.error(f"{workdir} is not a DEPICT run on {args.dataset}")
+      fields = {k: v for k, v in saved.items() if k not in ("algo", "dataset", "split")}
+      config = cli.build_config(depict, dataset, {**fields, **overrides, "pretrained": str(workdir)})
+      algo = depict.Depict(config, dataset.image_shape)
+      engine = Engine(algo, dataset.x, dataset.y, workdir=None, verbosity=0)
+      params = engine._load_pretrained(jax.jit(algo.init)(engine._key(99, 0), engine.x[: engine.batch_size]))
+      score(engine.embed(params), config, saved.get("warmup_epochs"), None, workdir)
+    if args.json:
+      args.json.write_text(json.dumps(records, indent=1))
+    return 0
+
   config = cli.build_config(depict, dataset, {**overrides, "seed": args.seed, "warmup_epochs": max(args.epochs)})
   algo = depict.Depict(config, dataset.image_shape)
   engine = Engine(algo, dataset.x, dataset.y, workdir=None, verbosity=0)
   params = jax.jit(algo.init)(engine._key(99, 0), engine.x[: engine.batch_size])
   template = engine._state_template(params, WARMUP)
   state = {"params": template["params"], "opt_state": template["opt_state"]}
-  records = []
   for epoch in range(1, max(args.epochs) + 1):
     state, terms = engine.run_epoch(WARMUP, state, template["targets"], epoch, 0, f"warm-up {epoch}")
     if epoch not in args.epochs:
       continue
-    z = np.asarray(engine.embed(state["params"]), np.float64)
-    for method, (labels, seconds) in clusterings(z, config.n_clusters, args.seed, args.ward_max).items():
-      record = {"dataset": args.dataset, "seed": args.seed, "overrides": overrides, "epoch": epoch,
-                "loss": terms["loss"], "method": method, "acc": metrics.acc(dataset.y, labels),
-                "nmi": metrics.nmi(dataset.y, labels), "smallest": int(np.bincount(labels).min()),
-                "seconds": seconds}
-      records.append(record)
-      print(json.dumps(record), flush=True)
+    score(engine.embed(state["params"]), config, epoch, terms["loss"])
   if args.json:
     args.json.write_text(json.dumps(records, indent=1))
   return 0

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from jaxclust import data, metrics
 
@@ -201,7 +202,7 @@ def test_warmup_embedding_clusterings_recover_separated_blobs_and_skip_ward_when
   z = np.concatenate([rng.normal(c, 0.3, size=(30, 2)) for c in centres])
   truth = np.repeat(np.arange(3), 30)
   found = warmup_embedding.clusterings(z, 3, seed=0, ward_max=1000)
-  assert set(found) == {"kmeans", "gmm", "ward", "ward-knn10"}
+  assert set(found) == {"kmeans", "gmm", "ward", "ward-knn10", "acpic"}
   for name, (labels, seconds) in found.items():
     assert metrics.acc(truth, labels) == 1.0, name
     assert seconds >= 0
@@ -215,7 +216,28 @@ def test_warmup_embedding_writes_one_record_per_epoch_and_method(tmp_path, capsy
                                 "--set", "conv_features=[4,4]", "--json", str(out)]) == 0
   records = json.loads(out.read_text())
   assert [(r["epoch"], r["method"]) for r in records] == [
-      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "ward-knn10", "ward")]
+      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "ward-knn10", "acpic", "ward")]
   assert all(0 <= r["acc"] <= 1 and 0 <= r["nmi"] <= 1 and r["smallest"] >= 1 for r in records)
   assert records[0]["loss"] > records[-1]["loss"]  # the warm-up goes on between the checks
   assert len(capsys.readouterr().out.strip().splitlines()) == len(records)
+
+
+def test_warmup_embedding_clusters_a_finished_runs_warmed_up_embedding(tmp_path):
+  from jaxclust import cli
+
+  warmup_embedding = load_script("warmup_embedding")
+  tiny = ["--set", "batch_size=200", "--set", "conv_features=[4,4]", "--set", "warmup_epochs=2",
+          "--set", "init_epochs=0", "--set", "max_rounds=1", "--no-plots"]
+  assert cli.main(["--algo", "depict", "--dataset", "digits", "--workdir", str(tmp_path / "run"), "--seed", "3",
+                   *tiny]) == 0
+  out = tmp_path / "records.json"
+  assert warmup_embedding.main(["--dataset", "digits", "--pretrained", str(tmp_path / "run"), "--json", str(out)]) == 0
+  records = json.loads(out.read_text())
+  assert [r["method"] for r in records] == ["kmeans", "gmm", "ward-knn10", "acpic", "ward"]
+  assert all(r["seed"] == 3 and r["epoch"] == 2 and r["pretrained"] == str(tmp_path / "run") for r in records)
+  # the run's own initial clustering (k-means on the same embedding) scores as the script's
+  init = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line).get("phase") == "init")
+  assert abs(init["nmi"] - records[0]["nmi"]) < 0.05
+  with pytest.raises(SystemExit):
+    warmup_embedding.main(["--dataset", "fashion-mnist-test", "--pretrained", str(tmp_path / "run")])
