@@ -241,3 +241,49 @@ def test_warmup_embedding_clusters_a_finished_runs_warmed_up_embedding(tmp_path)
   assert abs(init["nmi"] - records[0]["nmi"]) < 0.05
   with pytest.raises(SystemExit):
     warmup_embedding.main(["--dataset", "fashion-mnist-test", "--pretrained", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("algo", ["ics", "dscdan"])
+def test_ablation_variants_are_valid_configs_that_drop_their_terms(algo):
+  from jaxclust import algos, cli
+
+  ablation = load_script("ablation")
+  module = algos.REGISTRY[algo]
+  digits = data.load_dataset("digits")
+  defaults = cli.build_config(module, digits, {})
+  variants = ablation.VARIANTS[algo]
+  assert sum(not overrides for overrides in variants.values()) == 1  # one variant is the default config
+  for name, overrides in variants.items():
+    config = cli.build_config(module, digits, overrides)
+    config.validate(digits.n)
+    for key, value in overrides.items():
+      assert getattr(config, key) == value != getattr(defaults, key), (name, key)
+  assert len({ablation.variant_dir(name) for name in variants}) == len(variants)
+
+
+def test_ablation_table_reads_each_variant_and_the_default_runs_from_elsewhere(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JAXCLUST_XLA_CPU", "0")
+  ablation = load_script("ablation")
+  rng = np.random.default_rng(1)
+  made = {}
+  for name, overrides in ablation.VARIANTS["ics"].items():
+    root = tmp_path / "quality" if not overrides else tmp_path / "abl" / ablation.variant_dir(name)
+    for seed in (0, 1):
+      if name == "no entropy" and seed == 1:
+        continue
+      summary = fake_summary("ics", "digits", 1797, rng)
+      write_finished_run(root / f"ics-digits-seed{seed}", summary, [1.0], [2.0], 0.5)
+      made.setdefault(name, []).append(summary)
+  assert ablation.main(["--algo", "ics", "--datasets", "digits", "--seeds", "0", "1", "--root", str(tmp_path / "abl"),
+                        "--full-from", str(tmp_path / "quality"), "--table-only"]) == 0
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+  header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+  rows = {r["variant"]: r for r in (dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+                                    for line in lines[1:])}
+  assert list(rows) == list(ablation.VARIANTS["ics"])
+  for name, summaries in made.items():
+    acc = np.array([s["acc"] for s in summaries])
+    assert rows[name]["ACC"] == f"{acc.mean():.3f} ± {acc.std():.3f}"
+  assert rows["no entropy"]["seeds"] == "1 of 2 (no seed 1)"
+  assert rows["full"]["overrides"] == "(default config)"
+  assert rows["no triplet, no entropy"]["overrides"] == "triplet_weight=0 entropy_weight=0"

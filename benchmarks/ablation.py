@@ -1,0 +1,126 @@
+"""The papers' ablations as one table: each variant the default config with some terms dropped.
+
+  python benchmarks/ablation.py --algo ics --datasets digits --seeds 0 1 2
+  python benchmarks/ablation.py --algo ics --datasets digits --full-from runs/q3
+  python benchmarks/ablation.py --algo dscdan --datasets fashion-mnist-test --seeds 0
+  python benchmarks/ablation.py --algo ics --root runs/ablation --table-only
+
+``ics`` (paper 003, Figure 5): the whole objective, without the triplet term, without the
+entropy term, without both (``triplet_weight=0``, ``entropy_weight=0``). ``dscdan`` (paper
+002, Table 4): ConvAE, ConvAE+MI, ConvAE+RS, ConvAE+MI+RS and ConvAE+MI+RS+SN, with the
+settings its module docstring lists (the first four end at k-means on the codes).
+
+Each run goes through ``benchmarks/quality.py``'s code path to
+``ROOT/VARIANT/ALGO-DATASET-seedN`` (the variant's name in lower case, ``+`` as ``-``); a
+finished run is read back instead of rerun, an interrupted one resumes. ``--full-from DIR``
+takes the runs of the variant without overrides (the default config) from ``DIR`` instead,
+for example the quality table's runs, so they are not trained twice. Prints one markdown
+table: per variant and dataset the overrides, the seeds finished, ACC, NMI and ARI as
+mean ± std, the mean rounds and wall seconds; ``--json PATH`` writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import quality  # noqa: E402
+
+from jaxclust import xla_cpu  # noqa: E402
+
+_DSCDAN_NO_MI = {"global_mi_weight": 0.0, "local_mi_weight": 0.0, "prior_weight": 0.0}
+
+VARIANTS: dict[str, dict[str, dict]] = {
+    "ics": {
+        "full": {},
+        "no triplet": {"triplet_weight": 0.0},
+        "no entropy": {"entropy_weight": 0.0},
+        "no triplet, no entropy": {"triplet_weight": 0.0, "entropy_weight": 0.0},
+    },
+    "dscdan": {
+        "ConvAE": {"relative_reconstruction_weight": 0.0, **_DSCDAN_NO_MI, "max_rounds": 0},
+        "ConvAE+MI": {"relative_reconstruction_weight": 0.0, "max_rounds": 0},
+        "ConvAE+RS": {**_DSCDAN_NO_MI, "max_rounds": 0},
+        "ConvAE+MI+RS": {"max_rounds": 0},
+        "ConvAE+MI+RS+SN": {},
+    },
+}
+"""Per algorithm, the variants in the papers' order: name -> config overrides."""
+
+
+def variant_dir(name: str) -> str:
+  return name.lower().replace("+", "-").replace(", ", "-").replace(" ", "-")
+
+
+def variant_root(root: pathlib.Path, name: str, overrides: dict, full_from: pathlib.Path | None) -> pathlib.Path:
+  return full_from if (full_from is not None and not overrides) else root / variant_dir(name)
+
+
+def collect(algo: str, datasets: list[str], seeds: list[int], root: pathlib.Path, *, table_only: bool,
+            full_from: pathlib.Path | None = None) -> list[dict]:
+  rows = []
+  for dataset in datasets:
+    if not table_only and (reason := quality.missing_reason(dataset)):
+      quality.note(f"skipping {dataset}, not available here: {reason}")
+      continue
+    for name, overrides in VARIANTS[algo].items():
+      where = variant_root(root, name, overrides, full_from)
+      runs = {}
+      for seed in seeds:
+        workdir = quality.workdir_of(where, algo, dataset, seed)
+        if table_only:
+          if (run := quality.read_run(workdir)) is not None:
+            runs[seed] = run
+        else:
+          runs[seed] = quality.run_one(algo, dataset, seed, where, overrides)
+      started = [s for s in seeds if quality.workdir_of(where, algo, dataset, s).is_dir()]
+      row = quality.summarize(algo, dataset, seeds, runs, started)
+      rows.append({**row, "variant": name, "overrides": overrides, "root": str(where)})
+  return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+  header = ["variant", "overrides", "dataset", "seeds", "ACC", "NMI", "ARI", "rounds", "total s / run"]
+  return "\n".join(quality.markdown(header, [
+      [r["variant"], " ".join(f"{k}={v:g}" for k, v in r["overrides"].items()) or "(default config)",
+       r["dataset"], quality.seeds_cell(r), quality.mean_std(r["acc"]), quality.mean_std(r["nmi"]),
+       quality.mean_std(r["ari"]), f"{np.mean(r['rounds']):.0f}" if r["rounds"] else "—",
+       f"{np.mean(r['seconds']):.0f}" if r["seconds"] else "—"]
+      for r in rows]))
+
+
+def main(argv=None) -> int:
+  xla_cpu.configure()  # before the first JAX computation, as bin/train does
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--algo", required=True, choices=sorted(VARIANTS))
+  parser.add_argument("--datasets", nargs="+", default=["digits"])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path("runs/ablation"))
+  parser.add_argument("--full-from", type=pathlib.Path, default=None, metavar="DIR",
+                      help="read (or write) the default config's runs under DIR instead of ROOT/full")
+  parser.add_argument("--table-only", action="store_true", help="train nothing; read back finished runs")
+  parser.add_argument("--json", type=pathlib.Path, default=None)
+  args = parser.parse_args(argv)
+  for dataset in args.datasets:
+    try:
+      quality.check_dataset_name(dataset)
+    except quality.DataError as e:
+      parser.error(str(e))
+  rows = collect(args.algo, args.datasets, args.seeds, args.root, table_only=args.table_only,
+                 full_from=args.full_from)
+  print(markdown_table(rows))
+  if args.json:
+    args.json.write_text(json.dumps(rows, indent=1, default=float))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
