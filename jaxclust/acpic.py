@@ -82,10 +82,10 @@ def acpic(features: np.ndarray, n_clusters: int, *, n_neighbors: int = 20, a: fl
   linked = (p + p.T).tocsr()
   self_integral = {c: path_integral(p, m, len(m), z) for c, m in members.items()}
 
-  def affinity(a_, b_):
-    ma, mb = members[a_], members[b_]
-    return (path_integral(p, np.concatenate([ma, mb]), len(ma), z) - self_integral[a_]
-            + path_integral(p, np.concatenate([mb, ma]), len(mb), z) - self_integral[b_])
+  def affinity(ca, cb):
+    ma, mb = members[ca], members[cb]
+    return (path_integral(p, np.concatenate([ma, mb]), len(ma), z) - self_integral[ca]
+            + path_integral(p, np.concatenate([mb, ma]), len(mb), z) - self_integral[cb])
 
   def neighbours(c):
     return set(np.unique(labels[linked[members[c]].indices]).tolist()) - {c}
@@ -96,14 +96,14 @@ def acpic(features: np.ndarray, n_clusters: int, *, n_neighbors: int = 20, a: fl
       if d > c:
         table[(c, d)] = affinity(c, d)
   while len(members) > n_clusters:
-    a_, b_ = max(table, key=table.get) if table else _nearest_pair(features, members)
-    members[a_] = np.concatenate([members[a_], members.pop(b_)])
-    labels[members[a_]] = a_
-    self_integral[a_] = path_integral(p, members[a_], len(members[a_]), z)
-    del self_integral[b_]
-    table = {pair: v for pair, v in table.items() if a_ not in pair and b_ not in pair}
-    for d in neighbours(a_):
-      table[(min(a_, d), max(a_, d))] = affinity(a_, d)
+    ca, cb = max(table, key=table.get) if table else _nearest_pair(features, members)
+    members[ca] = np.concatenate([members[ca], members.pop(cb)])
+    labels[members[ca]] = ca
+    self_integral[ca] = path_integral(p, members[ca], len(members[ca]), z)
+    del self_integral[cb]
+    table = {pair: v for pair, v in table.items() if ca not in pair and cb not in pair}
+    for d in neighbours(ca):
+      table[(min(ca, d), max(ca, d))] = affinity(ca, d)
   _, labels = np.unique(labels, return_inverse=True)
   return labels.astype(np.int32)
 
