@@ -23,9 +23,9 @@ Sources for what the paper leaves open, from the authors' code (herandy/DEPICT):
   sets (MNIST-test, USPS and the Fashion-MNIST test split; ``jaxclust.configs.depict``): on
   the Fashion-MNIST test split AC-PIC's clusterings of the same embeddings score higher NMI
   but lower ACC, as it keeps a few clusters of two or three outlying images
-  (BENCHMARKS.md). The dropout of the authors' code
-  is 0.1 on the input and the first convolution and 0 on the second
-  (``--set dropout_rates=[0.1,0.1,0.0]``; the default of the 10k-image sets).
+  (BENCHMARKS.md). The dropout of the authors' code is 0.1 on the input and the first
+  convolution and 0 on the second (``--set dropout_rates=[0.1,0.1,0.0]``; the default of the
+  10k-image sets).
 - The authors weight the hidden-layer reconstruction terms by 0.1 and compute Q as
   ``p^2 / sum_i p``: both are options here (``hidden_reconstruction_weight``,
   ``target_form="squared"``); the defaults are the paper's eq. 12 and eq. 7, except that
