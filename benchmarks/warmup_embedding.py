@@ -109,21 +109,17 @@ def main(argv=None) -> int:
       engine = Engine(algo, dataset.x, dataset.y, workdir=None, verbosity=0)
       params = engine._load_pretrained(jax.jit(algo.init)(engine._key(99, 0), engine.x[: engine.batch_size]))
       score(engine.embed(params), config, saved.get("warmup_epochs"), None, workdir)
-    if args.json:
-      args.json.write_text(json.dumps(records, indent=1))
-    return 0
-
-  config = cli.build_config(depict, dataset, {**overrides, "seed": args.seed, "warmup_epochs": max(args.epochs)})
-  algo = depict.Depict(config, dataset.image_shape)
-  engine = Engine(algo, dataset.x, dataset.y, workdir=None, verbosity=0)
-  params = jax.jit(algo.init)(engine._key(99, 0), engine.x[: engine.batch_size])
-  template = engine._state_template(params, WARMUP)
-  state = {"params": template["params"], "opt_state": template["opt_state"]}
-  for epoch in range(1, max(args.epochs) + 1):
-    state, terms = engine.run_epoch(WARMUP, state, template["targets"], epoch, 0, f"warm-up {epoch}")
-    if epoch not in args.epochs:
-      continue
-    score(engine.embed(state["params"]), config, epoch, terms["loss"])
+  else:
+    config = cli.build_config(depict, dataset, {**overrides, "seed": args.seed, "warmup_epochs": max(args.epochs)})
+    algo = depict.Depict(config, dataset.image_shape)
+    engine = Engine(algo, dataset.x, dataset.y, workdir=None, verbosity=0)
+    params = jax.jit(algo.init)(engine._key(99, 0), engine.x[: engine.batch_size])
+    template = engine._state_template(params, WARMUP)
+    state = {"params": template["params"], "opt_state": template["opt_state"]}
+    for epoch in range(1, max(args.epochs) + 1):
+      state, terms = engine.run_epoch(WARMUP, state, template["targets"], epoch, 0, f"warm-up {epoch}")
+      if epoch in args.epochs:
+        score(engine.embed(state["params"]), config, epoch, terms["loss"])
   if args.json:
     args.json.write_text(json.dumps(records, indent=1))
   return 0
