@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 xavier = nn.initializers.xavier_uniform()
 
@@ -470,6 +471,66 @@ class TransposedConv(nn.Module):
     y = conv_transpose(x, kernel, self.stride, self.crop, self.output_size, method=self.method,
                        gradient=self.gradient)
     return y + bias
+
+
+def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
+  """The ``(low, high)`` zero padding of ``padding="SAME"`` (TensorFlow's, Flax's): the output
+  has ``ceil(size / stride)`` positions and the odd row of padding, if any, goes at the end."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel_size - size, 0)
+  return total // 2, total - total // 2
+
+
+class SameConv(nn.Module):
+  """``flax.linen.Conv(features, (k, k), strides=stride, padding="SAME")`` with the gradients
+  of :func:`conv` (XLA:CPU's fast forms): the same parameters (``kernel`` ``[k, k, in, out]``,
+  ``bias``), initial values (Xavier) and output up to float32 rounding. Where ``SAME`` pads
+  unevenly (a stride-2 layer on an even size pads only the end), the odd row is padded
+  explicitly before the convolution."""
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  gradient: str = "adjoint"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x, kernel, bias = promote_dtype(x, *_kernel_and_bias(self, x.shape[-1]))
+    pads = [same_padding(size, self.kernel_size, self.stride) for size in x.shape[1:3]]
+    common = min(min(p) for p in pads)
+    if any(p != (common, common) for p in pads):
+      x = jnp.pad(x, ((0, 0), *((lo - common, hi - common) for lo, hi in pads), (0, 0)))
+    return conv(x, kernel, self.stride, common, gradient=self.gradient) + bias
+
+
+class SameConvTranspose(nn.Module):
+  """``flax.linen.ConvTranspose(features, (k, k), strides=stride, padding="SAME")`` (its
+  default ``transpose_kernel=False``) computed by :func:`conv_transpose`: the same parameters
+  and output up to float32 rounding, ``size * stride`` positions per axis.
+
+  Flax's layer correlates the zero-dilated input, padded ``(a, b)`` with ``a`` as
+  ``lax.conv_transpose`` picks it, with the kernel as stored: ``y[o] = sum_i x[i] K[s i + a - o]``.
+  That is :func:`conv_transpose` (``y[o] = sum_i x[i] K'[o + c - s i]``) with the kernel
+  flipped, ``K' = K[::-1, ::-1]``, and the crop ``c = k - 1 - a``, cut at ``size * stride``
+  where the transposed convolution's natural size is larger."""
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  method: str = "auto"
+  gradient: str = "adjoint"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.stride
+    x, kernel, bias = promote_dtype(x, *_kernel_and_bias(self, x.shape[-1]))
+    pad_low = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)  # lax.conv_transpose's "SAME"
+    crop = k - 1 - pad_low
+    target = [size * s for size in x.shape[1:3]]
+    natural = [(size - 1) * s + k - 2 * crop for size in x.shape[1:3]]
+    size = [max(t, n) for t, n in zip(target, natural)]
+    y = conv_transpose(x, kernel[::-1, ::-1], s, crop, size, method=self.method, gradient=self.gradient)
+    return y[:, :target[0], :target[1], :] + bias
 
 
 class ConvAutoencoder(nn.Module):

@@ -531,6 +531,46 @@ def test_strided_conv_is_flax_conv(spec):
     assert _rel_err(g, plain) < 1e-5
 
 
+@pytest.mark.parametrize("size", [(28, 28), (7, 7), (8, 6), (13, 14)])
+@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (3, 2), (4, 2), (5, 2), (2, 3)])
+def test_same_padding_layers_are_flax_layers(size, kernel_size, stride):
+  """SameConv and SameConvTranspose have the parameters, initial values, output and
+  gradients of Flax's Conv and ConvTranspose with ``padding="SAME"``, on even and odd sizes
+  (where SAME pads unevenly) and strides longer than the kernel allows to overlap."""
+  x = normal(0, (3, *size, 5))
+  pairs = [
+      (jnn.SameConv(40, kernel_size, stride),
+       flax_nn.Conv(40, (kernel_size,) * 2, strides=stride, padding="SAME", kernel_init=jnn.xavier)),
+      (jnn.SameConvTranspose(40, kernel_size, stride),
+       flax_nn.ConvTranspose(40, (kernel_size,) * 2, strides=(stride,) * 2, padding="SAME",
+                             kernel_init=jnn.xavier)),
+  ]
+  for ours, theirs in pairs:
+    params = jax.jit(ours.init)(key(0), x)
+    chex.assert_trees_all_equal(params, jax.jit(theirs.init)(key(0), x))
+    params = jax.tree.map(lambda p: p + normal(1, p.shape), params)  # a non-zero bias too
+    expected = jax.jit(theirs.apply)(params, x)
+    chex.assert_shape(jax.eval_shape(ours.apply, params, x), expected.shape)
+    assert _rel_err(jax.jit(ours.apply)(params, x), expected) < 1e-6
+    cotangent = normal(2, expected.shape)
+
+    def grads(module):
+      loss = lambda p, x: jnp.vdot(module.apply(p, x), cotangent)
+      return jax.jit(jax.grad(loss, (0, 1)))(params, x)
+
+    for g, plain in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs))):
+      assert _rel_err(g, plain) < 1e-5
+
+
+def test_same_padding_matches_flax_formula():
+  """same_padding against the rule written out: ceil(n / s) outputs, the odd pad at the end."""
+  for n, k, s in itertools.product(range(1, 12), range(1, 6), range(1, 4)):
+    low, high = jnn.same_padding(n, k, s)
+    out = -(-n // s)
+    assert high - low in (0, 1) and low >= 0
+    assert (out - 1) * s + k <= n + low + high < (out - 1) * s + k + s
+
+
 @pytest.mark.parametrize("dataset", ["mnist", "ytf"])
 def test_autoencoder_adjoint_gradients_equal_autodiff(dataset):
   """DEPICT's whole network (both pathways and the decoder, 20 and 17 feature maps): the loss
