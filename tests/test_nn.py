@@ -531,8 +531,10 @@ def test_strided_conv_is_flax_conv(spec):
     assert _rel_err(g, plain) < 1e-5
 
 
-@pytest.mark.parametrize("size", [(28, 28), (7, 7), (8, 6), (13, 14)])
-@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (3, 2), (4, 2), (5, 2), (2, 3)])
+@pytest.mark.parametrize("size, kernel_size, stride", [
+    ((28, 28), 3, 2), ((7, 7), 3, 2), ((14, 14), 3, 1),  # DSCDAN's layers
+    ((13, 14), 3, 1), ((8, 7), 4, 2), ((13, 14), 5, 2), ((5, 6), 2, 3),
+])
 def test_same_padding_layers_are_flax_layers(size, kernel_size, stride):
   """SameConv and SameConvTranspose have the parameters, initial values, output and
   gradients of Flax's Conv and ConvTranspose with ``padding="SAME"``, on even and odd sizes
