@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -390,6 +391,14 @@ def measure_torch(mode: str, setting: Setting, args) -> dict:
 # ----------------------------------------------------------------------------- processes
 
 
+def error_summary(e: BaseException) -> str:
+  """``Type: message`` on one line: the message's first line, and its second where the first
+  only introduces it (``backend='inductor' raised:``, then the backend's own error)."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  message = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+  return f"{type(e).__name__}: {message}"
+
+
 def run_worker(args) -> int:
   framework, mode = args.worker.split(":")
   record = {"framework": framework, "mode": mode, "algo": args.algo, "phase": args.phase,
@@ -403,7 +412,8 @@ def run_worker(args) -> int:
     record.update(measure(mode, setting, args))
     record["samples_per_sec"] = record["samples"] / record["seconds"]
   except Exception as e:  # noqa: BLE001 -- a failing mode (a torch.compile that breaks) is a result
-    record["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    record["error"] = error_summary(e)
+    traceback.print_exc()
     print(f"{framework}:{mode} failed: {record['error']}", file=sys.stderr)
   pathlib.Path(args.worker_output).write_text(json.dumps(record))
   return 0

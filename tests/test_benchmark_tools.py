@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_script(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
@@ -287,3 +289,13 @@ def test_ablation_table_reads_each_variant_and_the_default_runs_from_elsewhere(t
   assert rows["no entropy"]["seeds"] == "1 of 2 (no seed 1)"
   assert rows["full"]["overrides"] == "(default config)"
   assert rows["no triplet, no entropy"]["overrides"] == "triplet_weight=0 entropy_weight=0"
+
+
+def test_throughput_error_summary_keeps_the_line_an_introduction_announces():
+  """A failing mode's record names the error: the second line where the first only
+  introduces it (torch.compile's ``backend='inductor' raised:``), else the first."""
+  summary = load_script("throughput").error_summary
+  assert summary(RuntimeError("backend='inductor' raised:\nCppCompileError: no compiler\n\ntrace")) == (
+      "RuntimeError: backend='inductor' raised: CppCompileError: no compiler")
+  assert summary(ValueError("bad shape\nmore detail")) == "ValueError: bad shape"
+  assert summary(KeyError()) == "KeyError: "
