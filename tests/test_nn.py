@@ -564,6 +564,24 @@ def test_same_padding_layers_are_flax_layers(size, kernel_size, stride):
       assert _rel_err(g, plain) < 1e-5
 
 
+@pytest.mark.parametrize("size, window", [((8, 8), 2), ((7, 6), 2), ((7, 8), 3)])
+def test_max_pool_same_is_flax_max_pool_with_ties(size, window):
+  """max_pool_same has flax's max_pool output and gradient, ties included: on images with
+  flat regions (values rounded to integers) a window's whole gradient goes to its first
+  maximum, as select-and-scatter gives it, not split among the tied ones."""
+  x = jnp.round(normal(0, (3, *size, 4)))
+  reference = lambda x: flax_nn.max_pool(x, (window, window), strides=(window, window), padding="SAME")
+  ours = lambda x: jnn.max_pool_same(x, window)
+  expected = reference(x)
+  np.testing.assert_array_equal(ours(x), expected)
+  cotangent = normal(1, expected.shape)
+  grad = lambda pool, f=lambda x: x: jax.jit(jax.grad(lambda x: jnp.vdot(pool(f(x)), cotangent)))(x)
+  ours_grad = grad(ours)
+  assert int(jnp.sum(ours_grad != 0)) == expected.size  # one pixel per window
+  np.testing.assert_array_equal(ours_grad, grad(reference))
+  np.testing.assert_array_equal(grad(ours, jax.nn.relu), grad(reference, jax.nn.relu))  # ties at 0
+
+
 def test_same_padding_matches_flax_formula():
   """same_padding against the rule written out: ceil(n / s) outputs, the odd pad at the end."""
   for n, k, s in itertools.product(range(1, 12), range(1, 6), range(1, 4)):
