@@ -582,13 +582,11 @@ def test_max_pool_same_is_flax_max_pool_with_ties(size, window):
   np.testing.assert_array_equal(grad(ours, jax.nn.relu), grad(reference, jax.nn.relu))  # ties at 0
 
 
-def test_same_padding_matches_flax_formula():
-  """same_padding against the rule written out: ceil(n / s) outputs, the odd pad at the end."""
+def test_same_padding_is_lax_same_padding():
+  """same_padding equals the padding JAX's own ``lax.padtype_to_pads`` gives ``"SAME"``."""
   for n, k, s in itertools.product(range(1, 12), range(1, 6), range(1, 4)):
-    low, high = jnn.same_padding(n, k, s)
-    out = -(-n // s)
-    assert high - low in (0, 1) and low >= 0
-    assert (out - 1) * s + k <= n + low + high < (out - 1) * s + k + s
+    (expected,) = jax.lax.padtype_to_pads((n,), (k,), (s,), "SAME")
+    assert jnn.same_padding(n, k, s) == tuple(expected), (n, k, s)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "ytf"])
