@@ -425,13 +425,78 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, *, gradient
   return _conv_adjoint(x, kernel, stride, padding)
 
 
+def _channel_sum(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+  def plain(x, weights):
+    if weights is not None:
+      x = x * weights[..., None]
+    return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
+
+  def cpu(x, weights):
+    flat = x.reshape(-1, x.shape[-1])
+    rows = jnp.ones(flat.shape[:1], x.dtype) if weights is None else weights.reshape(-1).astype(x.dtype)
+    return jnp.dot(rows, flat, precision=jax.lax.Precision.HIGHEST)
+
+  return _by_backend(cpu, plain, x, weights)
+
+
+@jax.custom_vjp
+def channel_sum(x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+  """``[..., C]`` -> ``[C]``: the sum over every axis but the last, each position weighted by
+  ``weights`` (the shape of ``x`` without its last axis) where given.
+
+  On XLA:CPU a product with the vector of weights (or ones): XLA:CPU reduces over the major
+  axes of an array on one thread, where a matrix product runs on every core
+  (``[100, 28, 28, 32]``: 6.0 ms as a reduction, 0.7 ms as a product; 2-core Xeon, jax 0.10).
+  Other backends: ``jnp.sum``. The gradient (with respect to ``x``; ``weights`` are
+  constants) is the broadcast of the output's."""
+  return _channel_sum(x, weights)
+
+
+def _channel_sum_fwd(x, weights):
+  return _channel_sum(x, weights), (x.shape, weights)
+
+
+def _channel_sum_bwd(residuals, g):
+  shape, weights = residuals
+  dx = jnp.broadcast_to(_per_channel(g, len(shape)), shape)
+  if weights is not None:
+    dx = dx * weights[..., None].astype(g.dtype)
+  return dx, None if weights is None else jnp.zeros_like(weights)
+
+
+channel_sum.defvjp(_channel_sum_fwd, _channel_sum_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """``y + bias`` for ``y`` ``[..., C]`` and ``bias`` ``[C]``, the bias gradient summed by
+  :func:`channel_sum`: autodiff's is the reduction over the major axes that XLA:CPU runs on
+  one thread (``ics``' first convolution, ``[100, 28, 28, 32]``: 3.1 ms of a 65 ms step)."""
+  return y + _per_channel(bias, y.ndim)
+
+
+def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
+  """``[C]`` shaped ``[1, ..., 1, C]`` to broadcast against an array of ``ndim`` axes."""
+  return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias(y, bias), None
+
+
+def _add_bias_bwd(_, dy):
+  return dy, channel_sum(dy)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def _kernel_and_bias(module: nn.Module, in_features: int) -> tuple[jax.Array, jax.Array]:
-  """``module``'s Xavier-initialised kernel ``[k, k, in, features]`` and zero bias, the
-  latter shaped ``[1, 1, 1, features]`` to add to an NHWC output."""
+  """``module``'s Xavier-initialised kernel ``[k, k, in, features]`` and zero bias ``[features]``."""
   k, features = module.kernel_size, module.features
   kernel = module.param("kernel", xavier, (k, k, in_features, features))
   bias = module.param("bias", nn.initializers.zeros, (features,))
-  return kernel, bias[None, None, None, :]
+  return kernel, bias
 
 
 class StridedConv(nn.Module):
@@ -448,7 +513,8 @@ class StridedConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = _kernel_and_bias(self, x.shape[-1])
-    return conv(x, kernel, self.stride, self.padding, gradient=self.gradient) + bias
+    y = conv(x, kernel, self.stride, self.padding, gradient=self.gradient)
+    return y + _per_channel(bias, y.ndim)
 
 
 class TransposedConv(nn.Module):
@@ -470,7 +536,7 @@ class TransposedConv(nn.Module):
     kernel, bias = _kernel_and_bias(self, x.shape[-1])
     y = conv_transpose(x, kernel, self.stride, self.crop, self.output_size, method=self.method,
                        gradient=self.gradient)
-    return y + bias
+    return y + _per_channel(bias, y.ndim)
 
 
 def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
@@ -494,10 +560,24 @@ def _window_max(x: jax.Array, size: int) -> jax.Array:
   return jnp.max(_windows(x, size), axis=-1)
 
 
+def _max_and_first_argmax(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """``(jnp.max(x, axis), jnp.argmax(x, axis))`` in one reduction over ``x`` (``jnp.argmax``'s
+  reduction finds the maximum too but drops it, so computing both reads ``x`` twice)."""
+  axis = axis % x.ndim
+  index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
+
+  def first_max(a, b):
+    (a_value, a_index), (b_value, b_index) = a, b
+    pick_a = (a_value > b_value) | ((a_value == b_value) & (a_index < b_index)) | jnp.isnan(a_value)
+    return jnp.where(pick_a, a_value, b_value), jnp.where(pick_a, a_index, b_index)
+
+  init = (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.iinfo(jnp.int32).max, jnp.int32))
+  return jax.lax.reduce((x, index), init, first_max, (axis,))
+
+
 def _window_max_fwd(x, size):
-  windows = _windows(x, size)
-  first_max = jnp.argmax(windows, axis=-1).astype(jnp.int8 if size * size < 128 else jnp.int32)
-  return jnp.max(windows, axis=-1), first_max
+  value, first_max = _max_and_first_argmax(_windows(x, size), -1)
+  return value, first_max.astype(jnp.int8 if size * size < 128 else jnp.int32)
 
 
 def _window_max_bwd(size, first_max, dy):
@@ -530,6 +610,71 @@ def max_pool_same(x: jax.Array, size: int = 2) -> jax.Array:
   return _window_max(x, size)
 
 
+@jax.custom_vjp
+def _normalize(x, mean, multiplier, bias):
+  mean, multiplier, bias = (_per_channel(v, x.ndim) for v in (mean, multiplier, bias))
+  return (x - mean) * multiplier + bias
+
+
+def _normalize_fwd(x, mean, multiplier, bias):
+  return _normalize(x, mean, multiplier, bias), (x, mean, multiplier)
+
+
+def _normalize_bwd(residuals, dy):
+  """The per-channel gradients as :func:`channel_sum`'s instead of autodiff's reductions."""
+  x, mean, multiplier = residuals
+  d_bias = channel_sum(dy)
+  d_multiplier = channel_sum(dy * (x - _per_channel(mean, x.ndim)))
+  return dy * _per_channel(multiplier, x.ndim), -d_bias * multiplier, d_multiplier, d_bias
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class BatchNorm(nn.Module):
+  """``flax.linen.BatchNorm`` over every axis but the last, its statistics and gradients
+  summed by :func:`channel_sum`: on XLA:CPU, forward and backward at ``[100, 28, 28, 32]`` in
+  3.4 ms against Flax's 14.8 ms (PyTorch's ``BatchNorm2d``: 3.3 ms; 2-core Xeon, jax 0.10).
+
+  The same function, parameters (``scale``, ``bias``) and running averages
+  (``batch_stats``: ``mean``, ``var``), initial values and update rule as Flax's layer with
+  its defaults (``use_fast_variance``: ``var = E[x^2] - E[x]^2``, clipped at 0), up to
+  float32 rounding. ``mask`` (broadcastable to ``x`` with a last axis of 1, e.g. ``[B, 1, 1,
+  1]``) leaves the positions where it is False out of the statistics; the running averages
+  are not updated while initialising.
+  """
+
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    features = x.shape[-1]
+    x = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      if mask is None:
+        weights, count = None, math.prod(x.shape[:-1])
+      else:
+        rows = jnp.asarray(mask, x.dtype)[..., 0]
+        weights = jnp.broadcast_to(rows, x.shape[:-1])
+        count = jnp.sum(rows) * (math.prod(x.shape[:-1]) // rows.size)  # each row repeated alike
+      mean = channel_sum(x, weights) / count
+      var = jnp.maximum(0.0, channel_sum(x * x, weights) / count - mean * mean)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return _normalize(x, mean, jax.lax.rsqrt(var + self.epsilon) * scale, bias)
+
+
 class SameConv(nn.Module):
   """``flax.linen.Conv(features, (k, k), strides=stride, padding="SAME")`` with the gradients
   of :func:`conv` (XLA:CPU's fast forms): the same parameters (``kernel`` ``[k, k, in, out]``,
@@ -549,7 +694,7 @@ class SameConv(nn.Module):
     common = min(min(p) for p in pads)
     if any(p != (common, common) for p in pads):
       x = jnp.pad(x, ((0, 0), *((lo - common, hi - common) for lo, hi in pads), (0, 0)))
-    return conv(x, kernel, self.stride, common, gradient=self.gradient) + bias
+    return add_bias(conv(x, kernel, self.stride, common, gradient=self.gradient), bias)
 
 
 class SameConvTranspose(nn.Module):
@@ -579,7 +724,7 @@ class SameConvTranspose(nn.Module):
     natural = [(size - 1) * s + k - 2 * crop for size in x.shape[1:3]]
     size = [max(t, n) for t, n in zip(target, natural)]
     y = conv_transpose(x, kernel[::-1, ::-1], s, crop, size, method=self.method, gradient=self.gradient)
-    return y[:, :target[0], :target[1], :] + bias
+    return add_bias(y[:, :target[0], :target[1], :], bias)
 
 
 class ConvAutoencoder(nn.Module):
@@ -714,8 +859,8 @@ class IcsAutoencoder(nn.Module):
     height, width, channels = self.image_shape
     n = len(self.features)
     sizes = pooled_sizes(height, width, n)
-    norm = lambda: nn.BatchNorm(momentum=self.momentum)
-    self.convs = [nn.Conv(f, (3, 3), padding="SAME", kernel_init=xavier) for f in self.features]
+    norm = lambda: BatchNorm(momentum=self.momentum)
+    self.convs = [SameConv(f, 3, gradient=self.conv_gradient) for f in self.features]
     self.conv_norms = [norm() for _ in self.features]
     self.embedding = nn.Dense(self.embedding_dim, kernel_init=xavier)
     top_h, top_w = sizes[-1]

@@ -1,7 +1,8 @@
 """Networks: conv arithmetic, DEPICT Table 5 shapes, transposed convolution semantics
 (checked against a NumPy scatter loop and as the adjoint of the strided convolution),
 dropout/clean pathways, output ranges and Xavier initialisation; the adjoint gradients of
-the strided and transposed convolutions against autodiff and finite differences.
+the strided and transposed convolutions against autodiff and finite differences; the
+Flax drop-ins (SameConv, SameConvTranspose, BatchNorm, max_pool_same) against Flax.
 """
 
 import functools
@@ -580,6 +581,56 @@ def test_max_pool_same_is_flax_max_pool_with_ties(size, window):
   assert int(jnp.sum(ours_grad != 0)) == expected.size  # one pixel per window
   np.testing.assert_array_equal(ours_grad, grad(reference))
   np.testing.assert_array_equal(grad(ours, jax.nn.relu), grad(reference, jax.nn.relu))  # ties at 0
+
+
+@pytest.mark.parametrize("backend", ["cpu form", "other backends' form"])
+def test_channel_sum_is_weighted_numpy_sum(backend, monkeypatch):
+  """channel_sum is NumPy's sum over every axis but the last (each position weighted where
+  weights are given), in both the CPU form (a matrix product) and the plain reduction; its
+  gradient is the weights broadcast over the channels (finite differences agree)."""
+  if backend != "cpu form":
+    monkeypatch.setattr(jnn, "_by_backend", lambda cpu, default, *args: default(*args))
+  x = normal(0, (4, 5, 3, 6))
+  weights = jnp.asarray(np.random.default_rng(1).integers(0, 2, (4, 5, 3)).astype(np.float32))
+  x64, w64 = np.asarray(x, np.float64), np.asarray(weights, np.float64)
+  np.testing.assert_allclose(jax.jit(jnn.channel_sum)(x), x64.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(jnn.channel_sum)(x, weights), (x64 * w64[..., None]).sum(axis=(0, 1, 2)),
+                             rtol=1e-5, atol=1e-5)
+  cotangent = normal(2, (6,))
+  grad = jax.jit(jax.grad(lambda x: jnp.vdot(jnn.channel_sum(x, weights), cotangent)))(x)
+  np.testing.assert_allclose(grad, w64[..., None] * np.asarray(cotangent)[None, None, None, :], rtol=1e-6)
+  check_grads(lambda x: jnn.channel_sum(x, weights), (x,), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_batch_norm_is_flax_batch_norm(masked):
+  """jaxclust.nn.BatchNorm has flax.linen.BatchNorm's parameters, running averages and
+  their initial values; in training its output, gradients (input, scale, bias) and updated
+  running averages match Flax's, with padding rows masked out of the statistics or not; in
+  inference it normalises by the running averages as Flax's does."""
+  x = normal(0, (6, 5, 4, 7)) * 3 + 2
+  mask = jnp.asarray([True, True, False, True, True, False])[:, None, None, None] if masked else None
+  ours, theirs = jnn.BatchNorm(momentum=0.9), flax_nn.BatchNorm(momentum=0.9)
+  variables = jax.jit(lambda x: ours.init(key(0), x, use_running_average=False))(x)
+  chex.assert_trees_all_equal(variables, theirs.init(key(0), x, use_running_average=False))
+  variables = jax.tree.map(lambda v: v + 0.3 * normal(1, v.shape), variables)
+  cotangent = normal(2, x.shape)
+
+  def train(module):
+    def loss(params, x):
+      y, updated = module.apply({**variables, "params": params}, x, use_running_average=False, mask=mask,
+                                mutable=["batch_stats"])
+      return jnp.vdot(y, cotangent), (y, updated["batch_stats"])
+
+    return jax.jit(jax.grad(loss, (0, 1), has_aux=True))(variables["params"], x)
+
+  (grads, (y, stats)), (expected_grads, (expected_y, expected_stats)) = train(ours), train(theirs)
+  assert _rel_err(y, expected_y) < 1e-6
+  chex.assert_trees_all_close(stats, expected_stats, rtol=1e-6, atol=1e-6)
+  for g, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+    assert _rel_err(g, expected) < 1e-5
+  inference = lambda module: jax.jit(lambda v, x: module.apply(v, x, use_running_average=True))(variables, x)
+  assert _rel_err(inference(ours), inference(theirs)) < 1e-6
 
 
 def test_same_padding_is_lax_same_padding():
