@@ -462,7 +462,7 @@ def padding_mask(weights: torch.Tensor) -> torch.Tensor | None:
 
 
 def batch_norm(norm: nn.Module, h: torch.Tensor, train: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
-  """``norm`` (an ``nn.BatchNorm1d`` / ``2d``) as Flax's ``nn.BatchNorm`` runs in jaxclust.
+  """``norm`` (an ``nn.BatchNorm1d`` / ``2d``) as ``jaxclust.nn.BatchNorm`` (Flax's layer) runs.
 
   ``train``: normalised by the batch's statistics, the running averages updated; with a
   ``mask`` ``[B]`` the statistics are those of its rows (padding rows left out of them, as
