@@ -58,9 +58,11 @@ def interrupt_fit(monkeypatch, make_engine, at_epoch: int) -> None:
 
 def assert_same_clustering(y, one, two, soft_one, soft_two) -> None:
   """Two runs that differ only in how float sums are ordered (device counts, processes) end
-  alike: ACC and NMI against ``y`` within 0.01, the two labelings agreeing on more than 99%
-  of the samples after best-map matching, soft assignments within 2e-2."""
-  for score in (metrics.acc, metrics.nmi):
-    assert abs(score(y, one) - score(y, two)) <= 0.01
+  alike: ACC against ``y`` within 0.01 and NMI within 0.02, the two labelings agreeing on more
+  than 99% of the samples after best-map matching, soft assignments within 2e-2. (On
+  test_parallel's 160 samples, one borderline sample changing cluster, which rounding alone
+  can cause, moves ACC by 0.006 and NMI by about 0.012.)"""
+  assert abs(metrics.acc(y, one) - metrics.acc(y, two)) <= 0.01
+  assert abs(metrics.nmi(y, one) - metrics.nmi(y, two)) <= 0.02
   assert metrics.acc(one, two) > 0.99
   np.testing.assert_allclose(soft_one, soft_two, atol=2e-2)
