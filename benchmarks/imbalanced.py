@@ -8,7 +8,9 @@ probability ``r + (1 - r) * c / (K - 1)``: class 0 with probability ``r``, the l
 written once to ``ROOT/data/DATASET-rR-seedS.npz`` (uint8, so it loads exactly as the original)
 and every algorithm runs on it through the same code path as ``bin/train``, with the
 settings it has for the full dataset (``DATASET``'s entry in the algorithm's per-dataset
-settings) and no tuning. A finished run (``summary.json`` present) is read back, not rerun.
+settings) and no tuning. A finished run (``summary.json`` present) is read back, not rerun;
+an unfinished one resumes from its last checkpoint. ``--table-only`` trains nothing and prints
+the finished runs, a dash where a run is missing or unfinished.
 Printed: one markdown row per algorithm with its ACC per rate, beside k-means on the pixels.
 """
 
@@ -50,12 +52,27 @@ def write_subset(dataset: data.Dataset, rate: float, seed: int, root: pathlib.Pa
   return path
 
 
-def run(algo: str, base: data.Dataset, subset: pathlib.Path, seed: int, workdir: pathlib.Path) -> dict:
+def run(algo: str, base: data.Dataset, subset: pathlib.Path, seed: int, workdir: pathlib.Path,
+        train: bool = True) -> dict | None:
+  """The run's ``summary.json``, training it first where it is missing and ``train`` is set;
+  ``None`` for a missing run when ``train`` is not."""
   summary_path = workdir / "summary.json"
   if not summary_path.exists():
+    if not train:
+      return None
     settings = algos.REGISTRY[algo].dataset_settings(base.name, base.image_shape)
     cli.train_and_evaluate(algo, f"npz:{subset}", workdir, {**settings, "seed": seed}, verbosity=1)
   return json.loads(summary_path.read_text())
+
+
+def markdown_rows(table: dict[str, dict[float, float | None]], rates: list[float], sizes: dict[float, int]) -> list[str]:
+  """The table's markdown: one row per method, ACC per rate, a dash where it is missing."""
+  lines = ["| method | " + " | ".join(f"r = {r:g} (N = {sizes[r]})" for r in rates) + " |",
+           "|---|" + "---|" * len(rates)]
+  for name, row in table.items():
+    cells = ("—" if row.get(r) is None else f"{row[r]:.3f}" for r in rates)
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def kmeans_on_pixels(subset: pathlib.Path, seed: int) -> float:
@@ -75,6 +92,7 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the runs")
   parser.add_argument("--root", default="runs/imbalanced")
   parser.add_argument("--json", default=None, help="also write the table as JSON here")
+  parser.add_argument("--table-only", action="store_true", help="train nothing: print the finished runs")
   args = parser.parse_args(argv)
   for rate in args.rates:
     if not 0 < rate <= 1:
@@ -91,15 +109,14 @@ def main(argv=None) -> int:
     table[algo] = {}
     for rate, path in subsets.items():
       workdir = root / f"{algo}-{args.dataset}-r{rate:g}-seed{args.seed}"
-      table[algo][rate] = run(algo, base, path, args.seed, workdir)["acc"]
+      summary = run(algo, base, path, args.seed, workdir, train=not args.table_only)
+      table[algo][rate] = None if summary is None else summary["acc"]
 
   print(f"\nACC on {args.dataset} with minimum retention rate r (seed {args.seed}):\n")
-  print("| method | " + " | ".join(f"r = {r:g} (N = {sizes[r]})" for r in args.rates) + " |")
-  print("|---|" + "---|" * len(args.rates))
-  for name, row in table.items():
-    print(f"| {name} | " + " | ".join(f"{row[r]:.3f}" for r in args.rates) + " |")
+  print("\n".join(markdown_rows(table, args.rates, sizes)))
   if args.json:
-    records = [{"method": name, "rate": r, "n": sizes[r], "acc": acc} for name, row in table.items() for r, acc in row.items()]
+    records = [{"method": name, "rate": r, "n": sizes[r], "acc": acc}
+               for name, row in table.items() for r, acc in row.items() if acc is not None]
     pathlib.Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
   return 0
 

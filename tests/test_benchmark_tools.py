@@ -47,6 +47,21 @@ def test_imbalanced_subset_file_loads_back_as_the_original_rows(tmp_path):
   np.testing.assert_array_equal(loaded.y, labels[index])
 
 
+def test_imbalanced_table_only_reads_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+  """``--table-only``: a finished run's ACC is read from its summary, a missing one is a dash,
+  and nothing is trained."""
+  imbalanced = load_script("imbalanced")
+  monkeypatch.setattr(imbalanced.cli, "train_and_evaluate", lambda *a, **k: pytest.fail("trained"))
+  base = data.Dataset(x=np.zeros((4, 6, 6, 1), np.float32), y=np.zeros(4, np.int32), name="toy")
+  finished = tmp_path / "ics-toy-r0.1-seed0"
+  finished.mkdir()
+  (finished / "summary.json").write_text(json.dumps({"acc": 0.4321}))
+  assert imbalanced.run("ics", base, tmp_path / "unused.npz", 0, finished, train=False)["acc"] == 0.4321
+  assert imbalanced.run("ics", base, tmp_path / "unused.npz", 0, tmp_path / "missing", train=False) is None
+  rows = imbalanced.markdown_rows({"ics": {0.1: 0.4321, 0.3: None}}, [0.1, 0.3], {0.1: 50, 0.3: 70})
+  assert rows == ["| method | r = 0.1 (N = 50) | r = 0.3 (N = 70) |", "|---|---|---|", "| ics | 0.432 | — |"]
+
+
 def test_scaling_exponent_recovers_a_power_law_from_5000_up():
   scaling = load_script("scaling")
   ns = [1000, 5000, 10000, 20000, 70000]
