@@ -425,6 +425,11 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, *, gradient
   return _conv_adjoint(x, kernel, stride, padding)
 
 
+def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
+  """``[C]`` shaped ``[1, ..., 1, C]`` to broadcast against an array of ``ndim`` axes."""
+  return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
 def _channel_sum(x: jax.Array, weights: jax.Array | None) -> jax.Array:
   def plain(x, weights):
     if weights is not None:
@@ -475,11 +480,6 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   return y + _per_channel(bias, y.ndim)
 
 
-def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
-  """``[C]`` shaped ``[1, ..., 1, C]`` to broadcast against an array of ``ndim`` axes."""
-  return v.reshape((1,) * (ndim - 1) + v.shape)
-
-
 def _add_bias_fwd(y, bias):
   return add_bias(y, bias), None
 
@@ -514,6 +514,8 @@ class StridedConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = _kernel_and_bias(self, x.shape[-1])
     y = conv(x, kernel, self.stride, self.padding, gradient=self.gradient)
+    # Autodiff's bias gradient, not add_bias's: in DEPICT's step XLA fuses that reduction with
+    # the leaky ReLU's gradient, and add_bias made the step 6% slower (BENCHMARKS.md).
     return y + _per_channel(bias, y.ndim)
 
 
