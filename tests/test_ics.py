@@ -168,6 +168,38 @@ def test_e_step_gives_dec_targets_and_negatives_drawn_anew_each_step_count():
   assert not np.array_equal(targets["negative"], later["negative"])
 
 
+def image_rows(fn, *args):
+  """The most rows of any image-shaped (rank 4) array that ``fn`` computes, sub-jaxprs included."""
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield from (v.aval.shape[0] for v in eqn.outvars if getattr(v.aval, "ndim", 0) == 4)
+      for param in eqn.params.values():
+        for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            yield from walk(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            yield from walk(sub)
+  return max(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def test_without_the_triplet_term_predict_embeds_no_copies_and_chooses_no_negatives():
+  full, ablated = make_algo(), make_algo(triplet_weight=0.0)
+  x, _ = patterns()
+  params = full.init(jax.random.key(0), x[:8])
+  params["centroids"] = jax.random.normal(jax.random.key(1), params["centroids"].shape)
+  with_copies, without = full.predict(params, x[:16]), ablated.predict(params, x[:16])
+  # The same clean embedding and assignments: only the copies and the radius are skipped.
+  np.testing.assert_allclose(without["embedding"], with_copies["embedding"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(without["soft"], with_copies["soft"], rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(with_copies["radius"]) > 0)
+  np.testing.assert_array_equal(without["radius"], np.zeros(16, np.float32))
+  assert image_rows(ablated.predict, params, x[:16]) == 16
+  assert image_rows(full.predict, params, x[:16]) == 16 * (1 + full.config.negative_augmentations)
+  targets = ablated.e_step({k: np.asarray(v) for k, v in without.items()})
+  np.testing.assert_array_equal(targets["negative"], np.zeros(16, np.int32))
+  np.testing.assert_allclose(targets["q"], numpy_dec_target(np.asarray(without["soft"])), rtol=1e-5, atol=1e-7)
+
+
 # -- eq. 7
 
 

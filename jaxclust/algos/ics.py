@@ -311,7 +311,12 @@ class Ics(Algorithm):
 
   def _selection_features(self, params, x):
     """``(z [B, D], r [B])``: the clean embedding and the radius of Algorithm 1, the largest
-    distance from ``z`` to the embedding of one of ``negative_augmentations`` copies."""
+    distance from ``z`` to the embedding of one of ``negative_augmentations`` copies. Without
+    the triplet term (``triplet_weight=0``) no negatives are chosen: the copies are not
+    embedded and ``r`` is 0."""
+    if not self._uses_negatives:
+      z, _ = apply_autoencoder(self.model, params, x, nn.IcsAutoencoder.encode)
+      return z, jnp.zeros(z.shape[:1], z.dtype)
     copies = self.config.negative_augmentations
     chunk_bits = jax.lax.bitcast_convert_type(jnp.sum(x), jnp.uint32)
     key = jax.random.fold_in(self._draw_key(params[MODEL_STATE]["steps"], 0), chunk_bits)
@@ -323,7 +328,14 @@ class Ics(Algorithm):
     radius = jnp.sqrt(jnp.max(jnp.sum(jnp.square(z_copies - z[None]), axis=-1), axis=0))
     return z, radius
 
+  @property
+  def _uses_negatives(self) -> bool:
+    return self.config.triplet_weight > 0
+
   def _negatives(self, key, z, radius):
+    """Algorithm 1's negative of each row; zeros (unused) without the triplet term."""
+    if not self._uses_negatives:
+      return jnp.zeros(z.shape[:1], jnp.int32)
     cfg = self.config
     return select_negatives(key, z, radius, n_candidates=cfg.negative_candidates,
                             radius_scale=cfg.negative_radius_scale)
@@ -379,7 +391,7 @@ class Ics(Algorithm):
     cfg = self.config
     x, w = batch["x"], batch["weights"]
     b = x.shape[0]
-    use_triplet = cfg.triplet_weight > 0
+    use_triplet = self._uses_negatives
     inputs, input_weights = x, w
     if use_triplet:
       positives = self._augment(rng, x)
