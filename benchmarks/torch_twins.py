@@ -652,8 +652,12 @@ class IcsTwin(Twin):
     """``{"soft": q (eq. 2), "embedding": z, "radius": r}``, as :meth:`jaxclust.algos.ics.Ics.predict`:
     the clean embedding's Student-t assignments and Algorithm 1's radius, the largest distance
     from ``z`` to the embedding of one of ``negative_augmentations`` augmented copies (drawn
-    by the twin unless ``copies`` ``[A * B, C, H, W]`` gives them, copy after copy)."""
+    by the twin unless ``copies`` ``[A * B, C, H, W]`` gives them, copy after copy). Without the
+    triplet term no copies are embedded and the radius is 0."""
     cfg = self.config
+    if cfg.triplet_weight == 0:
+      z = self.encode(x)
+      return {"soft": student_t_assign(z, self.centroids, cfg.alpha), "embedding": z, "radius": torch.zeros_like(z[:, 0])}
     b, n_copies = x.shape[0], cfg.negative_augmentations
     if copies is None:
       copies = self.augment(x.repeat(n_copies, 1, 1, 1))
@@ -666,10 +670,12 @@ class IcsTwin(Twin):
     """``{"q": DEC's target (eq. 3), "negative": [N]}``, Algorithm 1's negatives as
     :func:`jaxclust.algos.ics.select_negatives` picks them: the first of each anchor's
     ``negative_candidates`` uniformly drawn rows (or ``candidates`` ``[N, C]``) farther than
-    ``negative_radius_scale * r`` from it, else the farthest."""
+    ``negative_radius_scale * r`` from it, else the farthest; zeros without the triplet term."""
     cfg = self.config
     z, radius = predicted["embedding"], predicted["radius"]
     n = z.shape[0]
+    if cfg.triplet_weight == 0:
+      return {"q": dec_target(predicted["soft"]), "negative": torch.zeros(n, dtype=torch.int64, device=z.device)}
     if candidates is None:
       candidates = torch.randint(0, n, (n, cfg.negative_candidates), device=z.device)
     sq_dist = (z[candidates] - z[:, None, :]).square().sum(dim=-1)

@@ -508,6 +508,12 @@ SPECTRALNET_CASES = {
 }
 
 
+# The spectral loss goes through the inverse of the Cholesky factor of Y~^T Y~, which amplifies
+# rounding by the condition number; on one CPU (AMD EPYC, AVX2) the two frameworks' losses of
+# "same-batch-fixed-scale" differed by 1.7e-5 relative, against under 1e-5 on another.
+SPECTRALNET_FLOAT32 = {"loss": (1e-4, LOSS_ATOL), "grad": (GRAD_RTOL, GRAD_ATOL)}
+
+
 @pytest.mark.parametrize("case", sorted(SPECTRALNET_CASES))
 def test_spectralnet_twin_matches_losses_and_gradients(case):
   image_shape, fields = SPECTRALNET_CASES[case]
@@ -532,7 +538,8 @@ def test_spectralnet_twin_matches_losses_and_gradients(case):
 
   batch, x_t, w_t = _search_batch(twin, params, make, losses)
   state = _parity(twin, params, lambda p: algo.m_step_loss(p, batch, targets, key),
-                  lambda: twin.m_step_loss(x_t, w_t, None, orthogonalization), _cancelling_output_bias(config))
+                  lambda: twin.m_step_loss(x_t, w_t, None, orthogonalization), _cancelling_output_bias(config),
+                  SPECTRALNET_FLOAT32)
   _assert_orthonorm(twin, state)
   _parity(twin, params, lambda p: algo.warmup_loss(p, batch, key), lambda: twin.warmup_loss(x_t, w_t))
   _assert_spectral_predictions(algo, twin, params, batch, x_t)
