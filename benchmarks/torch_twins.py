@@ -657,13 +657,14 @@ class IcsTwin(Twin):
     cfg = self.config
     if cfg.triplet_weight == 0:
       z = self.encode(x)
-      return {"soft": student_t_assign(z, self.centroids, cfg.alpha), "embedding": z, "radius": torch.zeros_like(z[:, 0])}
-    b, n_copies = x.shape[0], cfg.negative_augmentations
-    if copies is None:
-      copies = self.augment(x.repeat(n_copies, 1, 1, 1))
-    z_all = self.encode(torch.cat([x, copies]))
-    z, z_copies = z_all[:b], z_all[b:].view(n_copies, b, -1)
-    radius = torch.sqrt((z_copies - z[None]).square().sum(dim=-1).amax(dim=0))
+      radius = torch.zeros_like(z[:, 0])
+    else:
+      b, n_copies = x.shape[0], cfg.negative_augmentations
+      if copies is None:
+        copies = self.augment(x.repeat(n_copies, 1, 1, 1))
+      z_all = self.encode(torch.cat([x, copies]))
+      z, z_copies = z_all[:b], z_all[b:].view(n_copies, b, -1)
+      radius = torch.sqrt((z_copies - z[None]).square().sum(dim=-1).amax(dim=0))
     return {"soft": student_t_assign(z, self.centroids, cfg.alpha), "embedding": z, "radius": radius}
 
   def e_step(self, predicted, candidates=None):

@@ -314,7 +314,7 @@ class Ics(Algorithm):
     distance from ``z`` to the embedding of one of ``negative_augmentations`` copies. Without
     the triplet term (``triplet_weight=0``) no negatives are chosen: the copies are not
     embedded and ``r`` is 0."""
-    if not self._uses_negatives:
+    if not self._uses_triplet:
       z, _ = apply_autoencoder(self.model, params, x, nn.IcsAutoencoder.encode)
       return z, jnp.zeros(z.shape[:1], z.dtype)
     copies = self.config.negative_augmentations
@@ -329,12 +329,12 @@ class Ics(Algorithm):
     return z, radius
 
   @property
-  def _uses_negatives(self) -> bool:
+  def _uses_triplet(self) -> bool:
     return self.config.triplet_weight > 0
 
   def _negatives(self, key, z, radius):
     """Algorithm 1's negative of each row; zeros (unused) without the triplet term."""
-    if not self._uses_negatives:
+    if not self._uses_triplet:
       return jnp.zeros(z.shape[:1], jnp.int32)
     cfg = self.config
     return select_negatives(key, z, radius, n_candidates=cfg.negative_candidates,
@@ -391,9 +391,8 @@ class Ics(Algorithm):
     cfg = self.config
     x, w = batch["x"], batch["weights"]
     b = x.shape[0]
-    use_triplet = self._uses_negatives
     inputs, input_weights = x, w
-    if use_triplet:
+    if self._uses_triplet:
       positives = self._augment(rng, x)
       negatives = jnp.take(batch["dataset"], targets["negative"], axis=0)
       inputs, input_weights = jnp.concatenate([x, positives, negatives]), jnp.tile(w, 3)
@@ -405,7 +404,7 @@ class Ics(Algorithm):
     if cfg.reconstruction_weight > 0:
       reconstruction, state = apply_autoencoder(self.model, {**params, **state}, z, nn.IcsAutoencoder.decode, w)
       terms["reconstruction"] = losses.reconstruction_error(x, reconstruction, w)
-    if use_triplet:
+    if self._uses_triplet:
       embeddings = z_all
       if cfg.triplet_normalize:
         sq_norms = jnp.sum(jnp.square(embeddings), axis=-1, keepdims=True)
