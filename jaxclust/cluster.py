@@ -2,8 +2,8 @@
 
 DEPICT initialises the weights of its softmax clustering head from k-means
 centroids of the autoencoder embedding, and DEC/IDEC initialise their Student-t
-centroids the same way. These functions are pure and jittable; everything runs
-in float32.
+centroids the same way. These functions are pure and jittable (but
+:func:`matching_order`, which runs on the host); everything runs in float32.
 
 Squared distances are expanded as ``||x||^2 - 2 x c^T + ||c||^2`` (clamped at 0)
 and evaluated over row chunks of ``x``, so the working set is ``O(chunk_size * K)``
@@ -19,8 +19,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
+from scipy import optimize
 
 from jaxclust.errors import ConfigError, DataError
 
@@ -388,3 +390,33 @@ def kmeans(
   centroids = _kmeans_jit(key, x, n_clusters, n_init, max_iter, tol, chunk_size)
   labels, inertia = _assign_jit(x, centroids, chunk_size)
   return KMeansResult(centroids, labels, inertia)
+
+
+def matching_order(reference: ArrayLike, labels: ArrayLike, n_clusters: int) -> np.ndarray:
+  """The order of the clusters of ``labels`` that numbers them after ``reference``'s.
+
+  The one-to-one map between the clusters of two labelings of the same points that puts
+  the most points in agreement (Hungarian algorithm on their ``[K, K]`` contingency table).
+  ``centroids[order]`` renumbers the centroids behind ``labels`` so that cluster ``k`` is
+  the one matched with cluster ``k`` of ``reference``; clusters empty in either labeling
+  are matched too. Runs on the host (scipy), outside jit.
+
+  Args:
+    reference: [N] int labels in ``[0, K)``.
+    labels: [N] int labels in ``[0, K)``.
+    n_clusters: ``K``.
+
+  Returns:
+    [K] int64 permutation of ``range(K)``: ``order[k]`` is the cluster of ``labels``
+    matched with cluster ``k`` of ``reference``.
+  """
+  reference = np.asarray(reference, dtype=np.int64).reshape(-1)
+  labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+  if reference.shape != labels.shape:
+    raise DataError(f"matching_order: {reference.shape[0]} reference labels against {labels.shape[0]} labels")
+  for name, values in (("reference", reference), ("labels", labels)):
+    if values.size and (values.min() < 0 or values.max() >= n_clusters):
+      raise DataError(f"matching_order: {name} must lie in [0, {n_clusters}); got [{values.min()}, {values.max()}]")
+  table = np.bincount(reference * n_clusters + labels, minlength=n_clusters * n_clusters)
+  rows, cols = optimize.linear_sum_assignment(-table.reshape(n_clusters, n_clusters))
+  return cols[np.argsort(rows)].astype(np.int64)

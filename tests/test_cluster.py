@@ -173,3 +173,42 @@ def test_kmeans_non_finite_raises_data_error(bad):
 def test_kmeans_wrong_rank_raises_data_error():
   with pytest.raises(DataError):
     cluster.kmeans(jax.random.key(0), np.zeros(10, np.float32), 2)
+
+
+def _agreement(reference, labels, order):
+  """Points whose cluster in ``labels``, renumbered by ``order``, equals their ``reference``."""
+  renumber = np.empty_like(order)
+  renumber[order] = np.arange(len(order))
+  return int(np.sum(renumber[labels] == reference))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matching_order_is_the_best_renumbering_by_brute_force(seed):
+  import itertools
+  rng = np.random.default_rng(seed)
+  n_clusters = 5
+  reference = rng.integers(0, n_clusters, 200)
+  # Another labeling: mostly a renumbering of the reference, with noise; cluster 4 may be empty.
+  labels = np.where(rng.random(200) < 0.6, rng.permutation(n_clusters)[reference], rng.integers(0, 4, 200))
+  order = cluster.matching_order(reference, labels, n_clusters)
+  assert sorted(order.tolist()) == list(range(n_clusters))
+  best = max(_agreement(reference, labels, np.asarray(p)) for p in itertools.permutations(range(n_clusters)))
+  assert _agreement(reference, labels, order) == best
+
+
+def test_matching_order_renumbers_centroids_after_the_reference():
+  x, y = _blobs()
+  result = cluster.kmeans(jax.random.key(3), x, K)
+  order = cluster.matching_order(y, result.labels, K)
+  renumbered = np.asarray(cluster.assign(x, result.centroids[order]))
+  np.testing.assert_array_equal(renumbered, y)  # well-separated blobs: every point agrees
+
+
+@pytest.mark.parametrize("reference, labels, n_clusters", [
+    ([0, 1, 2], [0, 1], 3),
+    ([0, 1, 3], [0, 1, 2], 3),
+    ([0, 1, 2], [0, -1, 2], 3),
+])
+def test_matching_order_bad_labels_raise_data_error(reference, labels, n_clusters):
+  with pytest.raises(DataError, match="matching_order"):
+    cluster.matching_order(reference, labels, n_clusters)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxclust
-from jaxclust import cli, data, metrics
+from jaxclust import cli, cluster, data, metrics
 from jaxclust.algos import spectralnet
 from jaxclust.engine import MODEL_STATE, Engine
 from jaxclust.errors import ConfigError
@@ -245,6 +245,25 @@ def test_reclustering_is_warm_started_from_the_previous_centroids():
   # Lloyd from the previous centroids on unchanged outputs stays where it is, whatever the key.
   second = algo.update_clusters({**params, MODEL_STATE: first}, features, jax.random.key(1))[MODEL_STATE]
   np.testing.assert_allclose(second["centroids"], first["centroids"], atol=1e-6)
+
+
+def test_first_clustering_of_the_outputs_is_numbered_after_kmeans_on_the_codes():
+  """The first ``update_clusters`` replaces k-means on the codes by k-means on the outputs;
+  where both find the same groups, every point keeps its cluster's index."""
+  algo, params = initialised()
+  rng = np.random.default_rng(0)
+  groups = np.repeat(np.arange(4), 15)
+  codes = (5.0 * np.eye(4)[groups] + 0.1 * rng.normal(size=(60, 4))).astype(np.float32)
+  # Outputs with the same four groups, in another order of directions.
+  y_tilde = (5.0 * np.eye(4)[[2, 0, 3, 1]][groups] + 0.1 * rng.normal(size=(60, 4))).astype(np.float32)
+  features = np.concatenate([codes, y_tilde], axis=1)
+  for key in range(3):
+    params, _ = algo.init_clusters(params, features, jax.random.key(key))
+    before = np.asarray(cluster.assign(codes, params[MODEL_STATE]["code_centroids"]))
+    assert len(set(before)) == 4
+    state = algo.update_clusters(params, features, jax.random.key(10 + key))[MODEL_STATE]
+    y = y_tilde @ np.asarray(state["orthonorm"])
+    np.testing.assert_array_equal(np.asarray(cluster.assign(y, state["centroids"])), before)
 
 
 def test_no_rounds_gives_kmeans_on_the_codes():

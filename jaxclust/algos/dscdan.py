@@ -32,8 +32,10 @@ then clustered by a SpectralNet-style network trained jointly with it (Sec. 3, F
      (:func:`mixture_kl`).
 
    After each round the outputs of the whole dataset are orthonormalized and clustered by
-   k-means, warm-started from the previous round (:func:`jaxclust.algos.spectralnet.recluster`);
-   the final assignments come from the spectral outputs. Stop when fewer than ``tol`` of the
+   k-means, warm-started from the previous round (:func:`jaxclust.algos.spectralnet.recluster`;
+   the first clustering of the outputs numbers its clusters after those of k-means on the
+   codes, so that each of the prior's means stays with its cluster); the final assignments
+   come from the spectral outputs. Stop when fewer than ``tol`` of the
    assignments changed, or after ``max_rounds``.
 
 Settings: ``beta = 0.01``, ``gamma = 1``, ``delta = 0.5`` (Sec. 4.3), latent dimension 120
@@ -530,7 +532,7 @@ class Dscdan(Algorithm):
     y_tilde = jnp.asarray(features[:, cfg.latent_dim:])
     state = spectralnet.recluster(params[MODEL_STATE], y_tilde, rng, n_clusters=cfg.n_clusters,
                                   n_init=cfg.kmeans_n_init, jitter=cfg.orthonorm_jitter,
-                                  kmeans=cfg.assign == "kmeans")
+                                  kmeans=cfg.assign == "kmeans", codes=jnp.asarray(features[:, :cfg.latent_dim]))
     return {**params, MODEL_STATE: state}
 
   def predict(self, params, x):

@@ -149,20 +149,30 @@ def initial_clusters(state: dict, codes: jax.Array, rng: jax.Array, *, n_cluster
 
 
 def recluster(state: dict, y_tilde: jax.Array, rng: jax.Array, *, n_clusters: int, n_init: int,
-              jitter: float, kmeans: bool = True) -> dict:
+              jitter: float, kmeans: bool = True, codes: jax.Array | None = None) -> dict:
   """The per-round clustering of the outputs (the engine's ``update_clusters``).
 
   An orthogonalization step on the whole dataset's ``Y~`` ``[N, K]`` sets the orthonorm
   weights, so that ``Y = Y~ W`` satisfies ``Y^T Y / N = I``; then (unless ``kmeans`` is
   False) k-means on ``Y``: k-means++ with ``n_init`` restarts the first time, Lloyd
   iterations from the previous centroids afterwards.
+
+  Given the dataset's ``codes`` ``[N, D]``, the first clustering of the outputs numbers its
+  clusters after those of k-means on the codes it replaces (:func:`jaxclust.cluster.matching_order`),
+  so that a cluster keeps its index through the change: the fraction of changed assignments
+  then counts points that moved, not a renaming, and what a model ties to a cluster's index
+  (DSCDAN's prior means) stays with that cluster.
   """
   weights = spectral.orthonorm_weights(y_tilde, jitter=jitter)
   centroids = state["centroids"]
   if kmeans:
     y = orthonormal_outputs(y_tilde, weights)
     if float(state["clustered"]) == 0.0:
-      centroids = cluster.kmeans(rng, y, n_clusters, n_init=n_init).centroids
+      result = cluster.kmeans(rng, y, n_clusters, n_init=n_init)
+      centroids = result.centroids
+      if codes is not None:
+        before = cluster.assign(codes, state["code_centroids"])
+        centroids = centroids[cluster.matching_order(before, result.labels, n_clusters)]
     else:
       centroids = cluster.lloyd(y, centroids)[0]
   return {**state, "orthonorm": weights, "centroids": centroids.astype(jnp.float32),
@@ -375,7 +385,7 @@ class SpectralNet(Algorithm):
     cfg = self.config
     y_tilde = jnp.asarray(features[:, cfg.embedding_dim:])
     state = recluster(params[MODEL_STATE], y_tilde, rng, n_clusters=cfg.n_clusters, n_init=cfg.kmeans_n_init,
-                      jitter=cfg.orthonorm_jitter)
+                      jitter=cfg.orthonorm_jitter, codes=jnp.asarray(features[:, :cfg.embedding_dim]))
     return {**params, MODEL_STATE: state}
 
   def predict(self, params, x):
