@@ -4,6 +4,7 @@
   python benchmarks/ablation.py --algo ics --datasets digits --full-from runs/q3
   python benchmarks/ablation.py --algo dscdan --datasets fashion-mnist-test --seeds 0
   python benchmarks/ablation.py --algo ics --root runs/ablation --table-only
+  python benchmarks/ablation.py --algo ics --variants "no triplet" --seeds 1 2
 
 ``ics`` (paper 003, Figure 5): the whole objective, without the triplet term, without the
 entropy term, without both (``triplet_weight=0``, ``entropy_weight=0``). ``dscdan`` (paper
@@ -16,7 +17,8 @@ finished run is read back instead of rerun, an interrupted one resumes. ``--full
 takes the runs of the variant without overrides (the default config) from ``DIR`` instead,
 for example the quality table's runs, so they are not trained twice. Prints one markdown
 table: per variant and dataset the overrides, the seeds finished, ACC, NMI and ARI as
-mean ± std, the mean rounds and wall seconds; ``--json PATH`` writes the rows.
+mean ± std, the mean rounds and wall seconds; ``--json PATH`` writes the rows. ``--variants``
+trains (or reads) only the named variants.
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ def variant_root(root: pathlib.Path, name: str, overrides: dict, full_from: path
 
 
 def collect(algo: str, datasets: list[str], seeds: list[int], root: pathlib.Path, *, table_only: bool,
-            full_from: pathlib.Path | None = None) -> list[dict]:
+            full_from: pathlib.Path | None = None, variants: list[str] | None = None) -> list[dict]:
   rows = []
   for dataset in datasets:
     if not table_only and (reason := quality.missing_reason(dataset)):
       quality.note(f"skipping {dataset}, not available here: {reason}")
       continue
     for name, overrides in VARIANTS[algo].items():
+      if variants is not None and name not in variants:
+        continue
       where = variant_root(root, name, overrides, full_from)
       runs = {}
       for seed in seeds:
@@ -107,15 +111,20 @@ def main(argv=None) -> int:
   parser.add_argument("--full-from", type=pathlib.Path, default=None, metavar="DIR",
                       help="read (or write) the default config's runs under DIR instead of ROOT/full")
   parser.add_argument("--table-only", action="store_true", help="train nothing; read back finished runs")
+  parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                      help="only these variants (their names in the table; default: all)")
   parser.add_argument("--json", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
+  unknown = [name for name in args.variants or [] if name not in VARIANTS[args.algo]]
+  if unknown:
+    parser.error(f"unknown variant {unknown[0]!r} of {args.algo}; choose from {list(VARIANTS[args.algo])}")
   for dataset in args.datasets:
     try:
       quality.check_dataset_name(dataset)
     except quality.DataError as e:
       parser.error(str(e))
   rows = collect(args.algo, args.datasets, args.seeds, args.root, table_only=args.table_only,
-                 full_from=args.full_from)
+                 full_from=args.full_from, variants=args.variants)
   print(markdown_table(rows))
   if args.json:
     args.json.write_text(json.dumps(rows, indent=1, default=float))

@@ -306,6 +306,23 @@ def test_ablation_table_reads_each_variant_and_the_default_runs_from_elsewhere(t
   assert rows["no triplet, no entropy"]["overrides"] == "triplet_weight=0 entropy_weight=0"
 
 
+def test_ablation_variants_option_selects_rows_and_rejects_unknown_names(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JAXCLUST_XLA_CPU", "0")
+  ablation = load_script("ablation")
+  rng = np.random.default_rng(2)
+  for name in ablation.VARIANTS["ics"]:
+    write_finished_run(tmp_path / ablation.variant_dir(name) / "ics-digits-seed0",
+                       fake_summary("ics", "digits", 1797, rng), [1.0], [2.0], 0.5)
+  chosen = ["no triplet, no entropy", "no triplet"]
+  assert ablation.main(["--algo", "ics", "--datasets", "digits", "--seeds", "0", "--root", str(tmp_path),
+                        "--table-only", "--variants", *chosen]) == 0
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+  assert [line.strip("|").split("|")[0].strip() for line in lines] == ["no triplet", "no triplet, no entropy"]
+  with pytest.raises(SystemExit) as error:
+    ablation.main(["--algo", "ics", "--root", str(tmp_path), "--table-only", "--variants", "ConvAE"])
+  assert error.value.code == 2 and "unknown variant 'ConvAE' of ics" in capsys.readouterr().err
+
+
 def test_throughput_error_summary_keeps_the_line_an_introduction_announces():
   """A failing mode's record names the error: the second line where the first only
   introduces it (torch.compile's ``backend='inductor' raised:``), else the first."""
