@@ -532,7 +532,7 @@ class Dscdan(Algorithm):
     y_tilde = jnp.asarray(features[:, cfg.latent_dim:])
     state = spectralnet.recluster(params[MODEL_STATE], y_tilde, rng, n_clusters=cfg.n_clusters,
                                   n_init=cfg.kmeans_n_init, jitter=cfg.orthonorm_jitter,
-                                  kmeans=cfg.assign == "kmeans", codes=jnp.asarray(features[:, :cfg.latent_dim]))
+                                  kmeans=cfg.assign == "kmeans", codes=features[:, :cfg.latent_dim])
     return {**params, MODEL_STATE: state}
 
   def predict(self, params, x):

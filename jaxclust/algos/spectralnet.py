@@ -90,6 +90,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxclust import cluster, losses, nn, spectral
@@ -149,7 +150,7 @@ def initial_clusters(state: dict, codes: jax.Array, rng: jax.Array, *, n_cluster
 
 
 def recluster(state: dict, y_tilde: jax.Array, rng: jax.Array, *, n_clusters: int, n_init: int,
-              jitter: float, kmeans: bool = True, codes: jax.Array | None = None) -> dict:
+              jitter: float, kmeans: bool = True, codes: np.ndarray | jax.Array | None = None) -> dict:
   """The per-round clustering of the outputs (the engine's ``update_clusters``).
 
   An orthogonalization step on the whole dataset's ``Y~`` ``[N, K]`` sets the orthonorm
@@ -157,9 +158,9 @@ def recluster(state: dict, y_tilde: jax.Array, rng: jax.Array, *, n_clusters: in
   False) k-means on ``Y``: k-means++ with ``n_init`` restarts the first time, Lloyd
   iterations from the previous centroids afterwards.
 
-  Given the dataset's ``codes`` ``[N, D]``, the first clustering of the outputs numbers its
-  clusters after those of k-means on the codes it replaces (:func:`jaxclust.cluster.matching_order`),
-  so that a cluster keeps its index through the change: the fraction of changed assignments
+  Given the dataset's ``codes`` ``[N, D]`` (read only then), the first clustering of the
+  outputs numbers its clusters after those of k-means on the codes it replaces
+  (:func:`jaxclust.cluster.matching_order`), so that a cluster keeps its index through the change: the fraction of changed assignments
   then counts points that moved, not a renaming, and what a model ties to a cluster's index
   (DSCDAN's prior means) stays with that cluster.
   """
@@ -385,7 +386,7 @@ class SpectralNet(Algorithm):
     cfg = self.config
     y_tilde = jnp.asarray(features[:, cfg.embedding_dim:])
     state = recluster(params[MODEL_STATE], y_tilde, rng, n_clusters=cfg.n_clusters, n_init=cfg.kmeans_n_init,
-                      jitter=cfg.orthonorm_jitter, codes=jnp.asarray(features[:, :cfg.embedding_dim]))
+                      jitter=cfg.orthonorm_jitter, codes=features[:, :cfg.embedding_dim])
     return {**params, MODEL_STATE: state}
 
   def predict(self, params, x):
