@@ -218,12 +218,39 @@ def test_warmup_embedding_clusterings_recover_separated_blobs_and_skip_ward_when
   centres = np.array([[0, 0], [5, 0], [0, 5]], float)
   z = np.concatenate([rng.normal(c, 0.3, size=(30, 2)) for c in centres])
   truth = np.repeat(np.arange(3), 30)
-  found = warmup_embedding.clusterings(z, 3, seed=0, ward_max=1000)
-  assert set(found) == {"kmeans", "gmm", "ward", "ward-knn10", "acpic"}
+  found = warmup_embedding.clusterings(z, 3, seed=0, ward_max=1000, spectral_neighbors=(5, 10))
+  assert list(found) == ["kmeans", "gmm", "ward-knn10", "acpic", "ward", "spectral-knn5", "spectral-knn10"]
   for name, (labels, seconds) in found.items():
     assert metrics.acc(truth, labels) == 1.0, name
     assert seconds >= 0
   assert "ward" not in warmup_embedding.clusterings(z, 3, seed=0, ward_max=50)
+  assert list(warmup_embedding.clusterings(z, 3, seed=0, ward_max=1000, methods=["spectral", "kmeans"])) == [
+      "kmeans", "spectral-knn10"]
+
+
+def test_warmup_embedding_spectral_method_is_the_eigenvectors_of_the_knn_graph():
+  """Two rings around one centre: k-means splits them by side, the kNN graph's spectral
+  clustering follows the rings; and its labels are k-means on the normalised Laplacian's
+  eigenvectors, computed here with NumPy."""
+  from scipy.sparse.csgraph import laplacian
+  from sklearn.cluster import KMeans
+  from sklearn.neighbors import kneighbors_graph
+
+  warmup_embedding = load_script("warmup_embedding")
+  angle = np.linspace(0, 2 * np.pi, 120, endpoint=False)
+  z = np.concatenate([np.stack([r * np.cos(angle), r * np.sin(angle)], 1) for r in (1.0, 4.0)])
+  truth = np.repeat([0, 1], 120)
+  found = warmup_embedding.clusterings(z, 2, seed=0, ward_max=1000, methods=["kmeans", "spectral"],
+                                       spectral_neighbors=(5,))
+  assert metrics.acc(truth, found["spectral-knn5"][0]) == 1.0
+  assert metrics.acc(truth, found["kmeans"][0]) < 0.8
+  graph = kneighbors_graph(z, 5, include_self=True).toarray()
+  graph = 0.5 * (graph + graph.T)
+  values, vectors = np.linalg.eigh(laplacian(graph, normed=True))
+  assert values[1] < 1e-8 < values[2]  # two components: two zero eigenvalues
+  embedding = vectors[:, :2] / np.sqrt(graph.sum(1))[:, None]
+  reference = KMeans(2, n_init=10, random_state=0).fit_predict(embedding)
+  assert metrics.acc(reference, found["spectral-knn5"][0]) == 1.0
 
 
 def test_warmup_embedding_writes_one_record_per_epoch_and_method(tmp_path, capsys):
@@ -233,7 +260,7 @@ def test_warmup_embedding_writes_one_record_per_epoch_and_method(tmp_path, capsy
                                 "--set", "conv_features=[4,4]", "--json", str(out)]) == 0
   records = json.loads(out.read_text())
   assert [(r["epoch"], r["method"]) for r in records] == [
-      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "ward-knn10", "acpic", "ward")]
+      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "ward-knn10", "acpic", "ward", "spectral-knn10")]
   assert all(0 <= r["acc"] <= 1 and 0 <= r["nmi"] <= 1 and r["smallest"] >= 1 for r in records)
   assert records[0]["loss"] > records[-1]["loss"]  # the warm-up goes on between the checks
   assert len(capsys.readouterr().out.strip().splitlines()) == len(records)
@@ -250,7 +277,7 @@ def test_warmup_embedding_clusters_a_finished_runs_warmed_up_embedding(tmp_path)
   out = tmp_path / "records.json"
   assert warmup_embedding.main(["--dataset", "digits", "--pretrained", str(tmp_path / "run"), "--json", str(out)]) == 0
   records = json.loads(out.read_text())
-  assert [r["method"] for r in records] == ["kmeans", "gmm", "ward-knn10", "acpic", "ward"]
+  assert [r["method"] for r in records] == ["kmeans", "gmm", "ward-knn10", "acpic", "ward", "spectral-knn10"]
   assert all(r["seed"] == 3 and r["epoch"] == 2 and r["pretrained"] == str(tmp_path / "run") for r in records)
   # the run's own initial clustering (k-means on the same embedding) scores as the script's
   init = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -258,6 +285,30 @@ def test_warmup_embedding_clusters_a_finished_runs_warmed_up_embedding(tmp_path)
   assert abs(init["nmi"] - records[0]["nmi"]) < 0.05
   with pytest.raises(SystemExit):
     warmup_embedding.main(["--dataset", "fashion-mnist-test", "--pretrained", str(tmp_path / "run")])
+  with pytest.raises(SystemExit):
+    warmup_embedding.main(["--dataset", "digits", "--pretrained", str(tmp_path / "missing")])
+
+
+def test_warmup_embedding_clusters_the_codes_of_a_dscdan_run(tmp_path):
+  """DSCDAN's features are its codes and then the spectral network's outputs: the script
+  clusters only the codes, as DSCDAN's initial k-means does."""
+  from jaxclust import cli
+
+  warmup_embedding = load_script("warmup_embedding")
+  small = {"conv_features": "[4,8]", "latent_dim": "6", "spectral_hidden": "[16,16]", "batch_size": "200",
+           "warmup_epochs": "2", "max_rounds": "0", "kmeans_n_init": "3"}
+  run = tmp_path / "run"
+  assert cli.main(["--algo", "dscdan", "--dataset", "digits", "--workdir", str(run), "--seed", "2", "--no-plots",
+                   *[a for k, v in small.items() for a in ("--set", f"{k}={v}")]]) == 0
+  out = tmp_path / "records.json"
+  assert warmup_embedding.main(["--dataset", "digits", "--pretrained", str(run), "--methods", "spectral", "kmeans",
+                                "--spectral-neighbors", "5", "--json", str(out)]) == 0
+  records = json.loads(out.read_text())
+  assert [r["method"] for r in records] == ["kmeans", "spectral-knn5"]
+  assert all(r["algo"] == "dscdan" and r["dims"] == 6 and r["seed"] == 2 for r in records)
+  # with max_rounds=0 the run's assignments are k-means on the same codes
+  summary = json.loads((run / "summary.json").read_text())
+  assert abs(summary["nmi"] - records[0]["nmi"]) < 0.05
 
 
 @pytest.mark.parametrize("algo", ["ics", "dscdan"])
