@@ -12,8 +12,8 @@ graph of their codes).
 Runs an algorithm's warm-up (``--algo``, DEPICT by default; the engine's own epochs and random
 draws, so the embedding at epoch E is the one ``bin/train`` clusters when ``warmup_epochs=E``)
 and, at each epoch of ``--epochs``, clusters the clean features of the whole dataset that the
-algorithm's initial clustering reads (the embedding; SpectralNet's and DSCDAN's codes; `ics`'
-embedding without Algorithm 1's radius) with each method of ``--methods``: k-means (what the
+algorithm's initial clustering reads (``Algorithm.clustering_features``: the embedding;
+SpectralNet's and DSCDAN's codes; `ics`' embedding without Algorithm 1's radius) with each method of ``--methods``: k-means (what the
 engines of DEPICT, DEC and SpectralNet run; scikit-learn's, 10 restarts), a full-covariance
 Gaussian mixture, Ward's agglomerative clustering (unconstrained, and on a 10-nearest-neighbour
 graph), AC-PIC (``jaxclust.acpic``, what DEPICT's ``init_clustering="acpic"`` runs), and exact
@@ -32,7 +32,6 @@ Ward without a graph holds all pairwise distances: it is skipped above ``--ward-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -85,15 +84,6 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int, methods=METHODS
   return out
 
 
-def clustered_features(algo: str, config, features: np.ndarray) -> np.ndarray:
-  """The columns of ``Algorithm.embed``'s features that ``algo``'s initial clustering reads."""
-  if algo in ("spectralnet", "dscdan"):
-    return features[:, :-config.n_clusters]  # the codes; the spectral network's outputs follow
-  if algo == "ics":
-    return features[:, :-1]  # the embedding; Algorithm 1's radius follows
-  return features
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,11 +118,12 @@ def main(argv=None) -> int:
   overrides = dict(cli.parse_override(item) for item in args.overrides)
   records = []
 
-  def score(algo, features, config, epoch, loss, source=None):
-    z = clustered_features(algo, config, np.asarray(features, np.float64))
+  def score(name, algo, features, epoch, loss, source=None):
+    config = algo.config
+    z = np.asarray(algo.clustering_features(np.asarray(features, np.float64)))
     found = clusterings(z, config.n_clusters, config.seed, args.ward_max, args.methods, args.spectral_neighbors)
     for method, (labels, seconds) in found.items():
-      record = {"algo": algo, "dataset": args.dataset, "seed": config.seed, "overrides": overrides,
+      record = {"algo": name, "dataset": args.dataset, "seed": config.seed, "overrides": overrides,
                 "epoch": epoch, "loss": loss, "method": method, "acc": metrics.acc(dataset.y, labels),
                 "nmi": metrics.nmi(dataset.y, labels), "smallest": int(np.bincount(labels).min()),
                 "dims": int(z.shape[1]), "seconds": seconds}
@@ -149,14 +140,11 @@ def main(argv=None) -> int:
         parser.error(f"{workdir} is not a finished bin/train run: {e}")
       if saved.get("algo") not in algos.REGISTRY or saved.get("dataset") != args.dataset:
         parser.error(f"{workdir} is not a run on {args.dataset}")
-      module = algos.REGISTRY[saved["algo"]]
-      names = {f.name for f in dataclasses.fields(module.Config)}
-      fields = {k: v for k, v in saved.items() if k in names}
-      config = cli.build_config(module, dataset, {**fields, **overrides, "pretrained": str(workdir)})
+      module, config = cli.config_from_record(saved, dataset, {**overrides, "pretrained": str(workdir)})
       algo = module.ALGORITHM(config, dataset.image_shape)
       engine = Engine(algo, dataset.x, dataset.y, workdir=None, verbosity=0)
       params = engine._load_pretrained(jax.jit(algo.init)(engine._key(99, 0), engine.x[: engine.batch_size]))
-      score(saved["algo"], engine.embed(params), config, saved.get("warmup_epochs"), None, workdir)
+      score(saved["algo"], algo, engine.embed(params), saved.get("warmup_epochs"), None, workdir)
   else:
     if args.algo not in algos.REGISTRY:
       parser.error(f"--algo must be one of {sorted(algos.REGISTRY)}; got {args.algo!r}")
@@ -170,7 +158,7 @@ def main(argv=None) -> int:
     for epoch in range(1, max(args.epochs) + 1):
       state, terms = engine.run_epoch(WARMUP, state, template["targets"], epoch, 0, f"warm-up {epoch}")
       if epoch in args.epochs:
-        score(args.algo, engine.embed(state["params"]), config, epoch, terms["loss"])
+        score(args.algo, algo, engine.embed(state["params"]), epoch, terms["loss"])
   if args.json:
     args.json.write_text(json.dumps(records, indent=1))
   return 0

@@ -91,6 +91,15 @@ def build_config(algo_module, dataset: data.Dataset, overrides: dict) -> object:
   return config_cls(**values)
 
 
+def config_from_record(record: dict, dataset: data.Dataset, overrides: dict | None = None):
+  """``(algorithm module, config)`` of a run from its ``config.json`` ``record`` (which also
+  names the algorithm, dataset and split), with ``overrides`` on top."""
+  module = algos.REGISTRY[record["algo"]]
+  names = {f.name for f in dataclasses.fields(module.Config)}
+  saved = {k: v for k, v in record.items() if k in names}
+  return module, build_config(module, dataset, {**saved, **(overrides or {})})
+
+
 def _config_record(algo: str, dataset_spec: str, split: str, config) -> dict:
   return {"algo": algo, "dataset": dataset_spec, "split": split, **dataclasses.asdict(config)}
 

@@ -138,6 +138,12 @@ class Algorithm(abc.ABC):
   def embed(self, params: PyTree, x: jax.Array) -> jax.Array:
     """Clean features ``[B, D]`` that the initial clustering runs on."""
 
+  def clustering_features(self, features: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """The columns of ``embed``'s features ``[N, D]`` that ``init_clusters`` clusters; all of
+    them unless ``embed`` also carries what only later rounds read (SpectralNet's outputs
+    beside its codes)."""
+    return features
+
   @abc.abstractmethod
   def init_clusters(
       self, params: PyTree, features: np.ndarray, rng: jax.Array

@@ -27,7 +27,6 @@ drawn, and only its Agg canvas is used: no window opens and no global backend is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import html
 import json
@@ -226,9 +225,7 @@ def compute_projections(workdir: str | pathlib.Path, dataset: data.Dataset) -> d
   record = _read_config(workdir)
   if record.get("algo") not in algos.REGISTRY:
     raise CheckpointError(f"{workdir / 'config.json'} names an unknown algorithm {record.get('algo')!r}")
-  module = algos.REGISTRY[record["algo"]]
-  names = {f.name for f in dataclasses.fields(module.Config)}
-  config = cli.build_config(module, dataset, {k: v for k, v in record.items() if k in names})
+  module, config = cli.config_from_record(record, dataset)
   engine = Engine(module.ALGORITHM(config, dataset.image_shape), dataset.x, workdir=None, verbosity=0)
   # The engine draws the initial parameters with this key and example batch (Engine._fit);
   # jit compiles the initialisers once instead of op by op (the values agree to rounding).

@@ -1,5 +1,6 @@
 """bin/train end to end: outputs, resume, and one clear line for each bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -203,3 +204,17 @@ def test_the_depict_settings_of_a_dataset_reach_its_config_and_the_command_line_
   assert cli.build_config(module, small, {"init_clustering": "kmeans"}).init_clustering == "kmeans"
   full = cli.build_config(module, data.Dataset(x=x, y=None, name="fashion-mnist"), {})
   assert (full.init_clustering, full.learning_rate) == ("kmeans", module.Config().learning_rate)
+
+
+@pytest.mark.parametrize("algo", ["depict", "dscdan"])
+def test_a_runs_config_json_rebuilds_its_config_with_overrides_on_top(tmp_path, algo):
+  module = algos.REGISTRY[algo]
+  small = data.Dataset(x=np.zeros((12, 8, 8, 1), np.float32), y=None, name="digits")
+  config = cli.build_config(module, small, {"seed": 4, "batch_size": 6})
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(cli._config_record(algo, "digits", "all", config)))  # tuples become lists
+  record = json.loads(path.read_text())
+  rebuilt_module, rebuilt = cli.config_from_record(record, small)
+  assert rebuilt_module is module and rebuilt == config
+  _, changed = cli.config_from_record(record, small, {"seed": 5})
+  assert changed == dataclasses.replace(config, seed=5)

@@ -322,6 +322,14 @@ def test_compiles_once_and_learns_the_patterns(fitted):
   assert metrics.acc(engine.labels, result.assignments) > 0.9
 
 
+def test_clustering_features_are_the_codes_without_the_outputs():
+  algo, params = initialised()
+  x = jnp.asarray(patterns()[0][:16])
+  features = np.asarray(algo.embed(params, x))
+  assert features.shape == (16, SMALL["latent_dim"] + SMALL["n_clusters"])
+  np.testing.assert_array_equal(algo.clustering_features(features), np.asarray(algo._encode(params, x)[0]))
+
+
 def test_argmax_assignments_and_the_initial_clustering(fitted):
   engine, result = fitted
   x = engine.x[: engine.n]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclust import augment, data, nn
+from jaxclust import augment, cluster, data, nn
 from jaxclust.algos import dec, ics, idec
 from jaxclust.engine import MODEL_STATE, Engine
 from jaxclust.errors import ConfigError
@@ -314,6 +314,19 @@ def test_compiles_once_and_counts_steps_in_the_model_state(fitted):
   assert {"loss", "reconstruction", "clustering", "triplet", "entropy"} <= set(rounds[0])
   steps = SMALL["warmup_epochs"] * engine.steps_per_epoch + SMALL["max_rounds"] * SMALL["steps_per_round"]
   assert float(result.params[MODEL_STATE]["steps"]) == steps
+
+
+def test_initial_centroids_are_kmeans_on_the_clustering_features_without_the_radius(fitted):
+  engine, result = fitted
+  features = np.asarray(engine.embed(result.params))
+  z = engine.algo.clustering_features(features)
+  assert z.shape == (engine.n, SMALL["embedding_dim"])
+  np.testing.assert_array_equal(z, features[:, :-1])
+  # init_clusters clusters exactly these columns: k-means with the same key finds its centroids.
+  params, _ = engine.algo.init_clusters(result.params, features, jax.random.key(3))
+  expected = cluster.kmeans(jax.random.split(jax.random.key(3))[0], jnp.asarray(z), SMALL["n_clusters"],
+                            n_init=SMALL["kmeans_n_init"]).centroids
+  np.testing.assert_allclose(params["centroids"], expected, rtol=1e-6)
 
 
 def test_same_seed_same_assignments(fitted):

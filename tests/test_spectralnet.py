@@ -266,6 +266,14 @@ def test_first_clustering_of_the_outputs_is_numbered_after_kmeans_on_the_codes()
     np.testing.assert_array_equal(np.asarray(cluster.assign(y, state["centroids"])), before)
 
 
+def test_clustering_features_are_the_codes_without_the_outputs():
+  algo, params = initialised()
+  x = jnp.asarray(patterns()[0][:16])
+  features = np.asarray(algo.embed(params, x))
+  assert features.shape == (16, SMALL["embedding_dim"] + SMALL["n_clusters"])
+  np.testing.assert_array_equal(algo.clustering_features(features), np.asarray(algo._codes(params, x)))
+
+
 def test_no_rounds_gives_kmeans_on_the_codes():
   engine = make_engine(max_rounds=0)
   result = engine.fit()

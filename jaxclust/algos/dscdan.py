@@ -513,11 +513,15 @@ class Dscdan(Algorithm):
     mu = self._encode(params, x)[0]
     return jnp.concatenate([mu, self._y_tilde(self._logits(params, mu))], axis=1)
 
+  def clustering_features(self, features):
+    """The codes (the means ``mu``); the spectral outputs follow them in ``embed``'s features."""
+    return features[:, :self.config.latent_dim]
+
   def init_clusters(self, params, features, rng):
     """k-means on the codes; the prior's means start at its centroids unless the warm-up
     already trained them (``prior="mixture"``)."""
     cfg = self.config
-    codes = jnp.asarray(features[:, :cfg.latent_dim])
+    codes = jnp.asarray(self.clustering_features(features))
     state, soft = spectralnet.initial_clusters(params[MODEL_STATE], codes, rng, n_clusters=cfg.n_clusters,
                                                n_init=cfg.kmeans_n_init)
     params = {**params, MODEL_STATE: state}

@@ -355,11 +355,15 @@ class Ics(Algorithm):
     z, radius = self._selection_features(params, x)
     return jnp.concatenate([z, radius[:, None]], axis=1)
 
+  def clustering_features(self, features):
+    """The embedding; Algorithm 1's radius follows it in ``embed``'s features."""
+    return features[:, :-1]
+
   def init_clusters(self, params, features, rng):
     """k-means (``kmeans_n_init`` restarts) on the embedding gives the centroids; the first
     targets are DEC's ``p`` (eq. 3) of the resulting ``q``, the first negatives Algorithm 1's."""
     features = jnp.asarray(features)
-    z, radius = features[:, :-1], features[:, -1]
+    z, radius = self.clustering_features(features), features[:, -1]
     key_kmeans, key_negatives = jax.random.split(rng)
     result = cluster.kmeans(key_kmeans, z, self.config.n_clusters, n_init=self.config.kmeans_n_init)
     params = {**params, "centroids": result.centroids.astype(jnp.float32)}

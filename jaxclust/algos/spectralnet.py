@@ -371,11 +371,15 @@ class SpectralNet(Algorithm):
     codes = self._codes(params, x)
     return jnp.concatenate([codes, self._outputs(params, codes)], axis=1)
 
+  def clustering_features(self, features):
+    """The codes; the spectral outputs follow them in ``embed``'s features."""
+    return features[:, :self.config.embedding_dim]
+
   def init_clusters(self, params, features, rng):
     """k-means (``kmeans_n_init`` restarts) on the codes: the assignments before the first
     round; also records the dataset's size for the orthogonalization batches."""
     cfg = self.config
-    codes = jnp.asarray(features[:, :cfg.embedding_dim])
+    codes = jnp.asarray(self.clustering_features(features))
     state, soft = initial_clusters(params[MODEL_STATE], codes, rng, n_clusters=cfg.n_clusters,
                                    n_init=cfg.kmeans_n_init)
     return {**params, MODEL_STATE: state}, soft
