@@ -246,6 +246,23 @@ def test_a_zero_weight_drops_its_term(key):
   np.testing.assert_allclose(loss, weighted_total(zero.config, kept), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("factor", [0.3, 0.0])
+def test_joint_autoencoder_weight_scales_the_autoencoder_terms_of_eq20_only(factor):
+  algo, params = initialised()
+  batch, rng = one_batch(), jax.random.key(4)
+  _, terms = algo.m_step_loss(params, batch, None, rng)
+  scaled, _ = initialised(joint_autoencoder_weight=factor)
+  loss, scaled_terms = scaled.m_step_loss(params, batch, None, rng)
+  autoencoder = {k: v for k, v in terms.items() if k not in ("spectral", MODEL_STATE)}
+  expected = factor * weighted_total(algo.config, autoencoder) + algo.config.spectral_weight * terms["spectral"]
+  np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-7)
+  if factor == 0.0:  # dropped, as a zero weight drops its term
+    assert set(scaled_terms) == {"spectral", MODEL_STATE}
+  # The warm-up (eq. 13) is unchanged.
+  np.testing.assert_allclose(scaled.warmup_loss(params, batch, rng)[0], algo.warmup_loss(params, batch, rng)[0],
+                             rtol=1e-6)
+
+
 def test_the_authors_code_options_match_numpy():
   overrides = {"noise": "sample", "global_mi_pairs": "code", "prior": "mixture", "output_activation": "softmax",
                "local_mi_weight": 0.0}
@@ -367,6 +384,7 @@ def test_resume_after_interruption_gives_the_same_assignments(tmp_path, fitted, 
     ({"noise_stddev": -0.1}, "noise_stddev"),
     ({"global_mi_weight": -1.0}, "global_mi_weight"),
     ({"spectral_weight": -1.0}, "spectral_weight"),
+    ({"joint_autoencoder_weight": -0.5}, "joint_autoencoder_weight"),
     ({"output_activation": "sigmoid"}, "output_activation"),
     ({"n_neighbors": 40}, "n_neighbors"),
 ])

@@ -571,7 +571,7 @@ DSCDAN_CASES = {
         "assign": "argmax", "orthonorm_batch": "separate", "affinity_scale": 1.5, "n_neighbors": 3,
         "spectral_hidden": (32, 16),
         "reconstruction_weight": 0.3, "relative_reconstruction_weight": 0.8, "global_mi_weight": 0.2,
-        "local_mi_weight": 0.1, "prior_weight": 0.7, "spectral_weight": 2.0}),
+        "local_mi_weight": 0.1, "prior_weight": 0.7, "spectral_weight": 2.0, "joint_autoencoder_weight": 0.4}),
     "terms-dropped": ((8, 8, 1), {
         "n_clusters": 3, "conv_features": (4, 6), "latent_dim": 6, "relative_reconstruction_weight": 0.0,
         "local_mi_weight": 0.0, "prior": "standard", "orthonorm_gradient": False, "noise_stddev": 0.3,

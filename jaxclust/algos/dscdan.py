@@ -138,6 +138,12 @@ Our choices where neither says: the affinity is a fixed graph of the codes withi
 gradient through ``W``; the code lets one flow, which pushes neighbours' codes apart); the
 global and local negatives share one in-batch permutation; the prior's means start at the
 k-means centroids of the codes (the code starts them at 0 in its pretraining).
+
+``joint_autoencoder_weight`` (ours; 1, eq. 20, by default) multiplies the autoencoder's terms
+``L_r + L_e`` in the joint phase only; at 0 they are dropped, and the encoder then moves by
+``L_c``'s gradient alone. On the digits the rounds with the autoencoder's terms stay near
+exact spectral clustering of the warm-up codes (ACC about 0.75) and without them end at 0.83
+(BENCHMARKS.md, "What holds DSCDAN's rounds there").
 """
 
 from __future__ import annotations
@@ -281,6 +287,7 @@ class DscdanConfig(TrainConfig):
   local_mi_weight: float = 0.01  # beta (the code: 0)
   prior_weight: float = 1.0  # gamma
   spectral_weight: float = 1.0
+  joint_autoencoder_weight: float = 1.0  # factor on L_r + L_e in eq. 20 (ours; 0: L_c alone)
 
   # the spectral network and its affinity
   spectral_hidden: tuple[int, ...] = (1024, 1024, 512)
@@ -310,7 +317,7 @@ class DscdanConfig(TrainConfig):
       raise ConfigError(f"cluster_posterior must be 'softmax' or 'spectral'; got {self.cluster_posterior!r}")
     if self.assign not in ("kmeans", "argmax"):
       raise ConfigError(f"assign must be 'kmeans' or 'argmax'; got {self.assign!r}")
-    for name in ("noise_stddev", "negative_slope", *WEIGHTS):
+    for name in ("noise_stddev", "negative_slope", "joint_autoencoder_weight", *WEIGHTS):
       if getattr(self, name) < 0:
         raise ConfigError(f"{name} must not be negative; got {getattr(self, name)}")
     spectralnet.validate_spectral(self)
@@ -438,10 +445,18 @@ class Dscdan(Algorithm):
     prior = self.config.prior
     return prior == "mixture" or (prior == "paper" and clustering)
 
+  def _weights(self, clustering: bool) -> dict[str, float]:
+    """Each term's weight by term name; in the joint phase the autoencoder's terms (``L_r``
+    and ``L_e``) times ``joint_autoencoder_weight``."""
+    cfg = self.config
+    factor = cfg.joint_autoencoder_weight if clustering else 1.0
+    return {name: getattr(cfg, key) * (1.0 if name == "spectral" else factor) for key, name in WEIGHTS.items()}
+
   def _objective(self, params, batch, rng, clustering: bool):
     """The terms of eq. 13 (``clustering=False``) or eq. 20, ``(loss, terms)``. Terms of
     weight 0 are neither computed nor reported."""
     cfg = self.config
+    weight = self._weights(clustering)
     x, w = batch["x"], batch["weights"]
     b = x.shape[0]
     key_noise, key_shuffle, key_orth = jax.random.split(rng, 3)
@@ -449,36 +464,36 @@ class Dscdan(Algorithm):
     terms: dict[str, jax.Array] = {}
 
     # L_r, eq. 11-12.
-    if cfg.reconstruction_weight > 0 or cfg.relative_reconstruction_weight > 0:
+    if weight["reconstruction"] > 0 or weight["relative_reconstruction"] > 0:
       z_noisy = self._noisy(key_noise, mu, logvar)
-      if cfg.relative_reconstruction_weight > 0:
+      if weight["relative_reconstruction"] > 0:
         decoded = self._decode(params, jnp.concatenate([mu, z_noisy]))
         reconstruction, reconstruction_noisy = decoded[:b], decoded[b:]
         terms["relative_reconstruction"] = losses.relative_reconstruction_loss(reconstruction_noisy,
                                                                               reconstruction, w)
       else:
         reconstruction = self._decode(params, mu)
-      if cfg.reconstruction_weight > 0:
+      if weight["reconstruction"] > 0:
         terms["reconstruction"] = losses.sum_squared_error(x, reconstruction, w)
     else:
       z_noisy = mu
 
     # L_e, eq. 10: mutual information (to maximise) and the prior term.
-    if cfg.global_mi_weight > 0 or cfg.local_mi_weight > 0:
+    if weight["global_mi"] > 0 or weight["local_mi"] > 0:
       permutation = losses.batch_permutation(key_shuffle, b, w)
-      if cfg.global_mi_weight > 0:
+      if weight["global_mi"] > 0:
         z_mi = z_noisy if cfg.global_mi_pairs == "code" else mu
         features = self._global_features(x, z_mi)
         discriminator = lambda f, z: self.global_discriminator.apply({"params": params["global_discriminator"]}, f, z)
         terms["global_mi"] = losses.jsd_mutual_information(discriminator(features, z_mi),
                                                            discriminator(features, z_mi[permutation]), w)
-      if cfg.local_mi_weight > 0:
+      if weight["local_mi"] > 0:
         discriminator = lambda c, z: self.local_discriminator.apply({"params": params["local_discriminator"]}, c, z)
         terms["local_mi"] = losses.jsd_mutual_information(discriminator(feature_map, mu),
                                                           discriminator(feature_map, mu[permutation]), w)
 
     logits = None
-    if cfg.prior_weight > 0:
+    if weight["prior"] > 0:
       if self._uses_mixture(clustering):
         logits = self._logits(params, mu)
         posterior = self._cluster_posterior(params[MODEL_STATE], mu, logits, clustering)
@@ -488,7 +503,7 @@ class Dscdan(Algorithm):
 
     # L_c, eq. 14-18 (the joint phase only).
     new_state = {}
-    if clustering and cfg.spectral_weight > 0:
+    if clustering and weight["spectral"] > 0:
       y_tilde = self._y_tilde(self._logits(params, mu) if logits is None else logits)
       y, orthonorm = self._orthonormal_outputs(params, batch, y_tilde, w, key_orth)
       terms["spectral"] = spectralnet.batch_spectral_loss(y, spectralnet.batch_affinity(cfg, mu, w), w,
@@ -497,9 +512,9 @@ class Dscdan(Algorithm):
 
     signs = {"global_mi": -1.0, "local_mi": -1.0}
     loss = jnp.zeros(())
-    for key, name in WEIGHTS.items():
+    for name, value in weight.items():
       if name in terms:
-        loss = loss + signs.get(name, 1.0) * getattr(cfg, key) * terms[name]
+        loss = loss + signs.get(name, 1.0) * value * terms[name]
     return loss, {**terms, **new_state}
 
   # -- the contract
