@@ -1141,10 +1141,9 @@ class DscdanTwin(SpectralHead, Twin):
       terms["spectral"] = self.spectral_step(y_tilde, mu.detach(), weights, y_tilde_orth, weights_orth)
     signs = {"global_mi": -1.0, "local_mi": -1.0}
     loss = x.new_zeros(())
-    factor = cfg.joint_autoencoder_weight if clustering else 1.0
-    for key, name in dscdan.WEIGHTS.items():
+    for name, value in dscdan.term_weights(cfg, clustering).items():
       if name in terms:
-        loss = loss + signs.get(name, 1.0) * getattr(cfg, key) * (1.0 if name == "spectral" else factor) * terms[name]
+        loss = loss + signs.get(name, 1.0) * value * terms[name]
     return loss, terms
 
   def warmup_loss(self, x, weights, draws=None):

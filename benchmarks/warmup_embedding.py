@@ -13,13 +13,14 @@ Runs an algorithm's warm-up (``--algo``, DEPICT by default; the engine's own epo
 draws, so the embedding at epoch E is the one ``bin/train`` clusters when ``warmup_epochs=E``)
 and, at each epoch of ``--epochs``, clusters the clean features of the whole dataset that the
 algorithm's initial clustering reads (``Algorithm.clustering_features``: the embedding;
-SpectralNet's and DSCDAN's codes; `ics`' embedding without Algorithm 1's radius) with each method of ``--methods``: k-means (what the
-engines of DEPICT, DEC and SpectralNet run; scikit-learn's, 10 restarts), a full-covariance
-Gaussian mixture, Ward's agglomerative clustering (unconstrained, and on a 10-nearest-neighbour
-graph), AC-PIC (``jaxclust.acpic``, what DEPICT's ``init_clustering="acpic"`` runs), and exact
-spectral clustering (scikit-learn's ``SpectralClustering`` on the symmetrised 0/1 graph of
-each point's ``--spectral-neighbors`` nearest neighbours, the point itself counted; the
-eigenvectors SpectralNet's and DSCDAN's networks approximate, with another affinity).
+SpectralNet's and DSCDAN's codes; `ics`' embedding without Algorithm 1's radius) with each
+method of ``--methods``: k-means (what the engines of DEPICT, DEC and SpectralNet run;
+scikit-learn's, 10 restarts), a full-covariance Gaussian mixture, Ward's agglomerative
+clustering (unconstrained, and on a 10-nearest-neighbour graph), AC-PIC (``jaxclust.acpic``,
+what DEPICT's ``init_clustering="acpic"`` runs), and exact spectral clustering
+(scikit-learn's ``SpectralClustering`` on the symmetrised 0/1 graph of each point's
+``--spectral-neighbors`` nearest neighbours, the point itself counted; the eigenvectors
+SpectralNet's and DSCDAN's networks approximate, with another affinity).
 ``--pretrained WORKDIR ...`` clusters instead the warmed-up features of finished ``bin/train``
 runs of any algorithm (the network their rounds started from, each with its own seed and
 config), with no warm-up here.

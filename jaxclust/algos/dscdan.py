@@ -142,7 +142,7 @@ k-means centroids of the codes (the code starts them at 0 in its pretraining).
 ``joint_autoencoder_weight`` (ours; 1, eq. 20, by default) multiplies the autoencoder's terms
 ``L_r + L_e`` in the joint phase only; at 0 they are dropped, and the encoder then moves by
 ``L_c``'s gradient alone. On the digits the rounds with the autoencoder's terms stay near
-exact spectral clustering of the warm-up codes (ACC about 0.75) and without them end at 0.83
+exact spectral clustering of the warm-up codes (ACC about 0.75) and without them end at 0.825
 (BENCHMARKS.md, "What holds DSCDAN's rounds there").
 """
 
@@ -333,6 +333,13 @@ WEIGHTS = {
     "spectral_weight": "spectral",
 }
 
+
+def term_weights(config: DscdanConfig, clustering: bool) -> dict[str, float]:
+  """Each term's weight by term name: eq. 13's (``clustering=False``) or eq. 20's, where the
+  autoencoder's terms (``L_r`` and ``L_e``) are multiplied by ``joint_autoencoder_weight``."""
+  factor = config.joint_autoencoder_weight if clustering else 1.0
+  return {name: getattr(config, key) * (1.0 if name == "spectral" else factor) for key, name in WEIGHTS.items()}
+
 # Per dataset: the code's batch of 1024 for MNIST-sized data, 256 for the 1797 digits; warm-up
 # lengths that give the smaller datasets about as many steps as MNIST's 50 epochs.
 DATASET_SETTINGS: dict[str, dict] = {
@@ -445,18 +452,11 @@ class Dscdan(Algorithm):
     prior = self.config.prior
     return prior == "mixture" or (prior == "paper" and clustering)
 
-  def _weights(self, clustering: bool) -> dict[str, float]:
-    """Each term's weight by term name; in the joint phase the autoencoder's terms (``L_r``
-    and ``L_e``) times ``joint_autoencoder_weight``."""
-    cfg = self.config
-    factor = cfg.joint_autoencoder_weight if clustering else 1.0
-    return {name: getattr(cfg, key) * (1.0 if name == "spectral" else factor) for key, name in WEIGHTS.items()}
-
   def _objective(self, params, batch, rng, clustering: bool):
     """The terms of eq. 13 (``clustering=False``) or eq. 20, ``(loss, terms)``. Terms of
     weight 0 are neither computed nor reported."""
     cfg = self.config
-    weight = self._weights(clustering)
+    weight = term_weights(cfg, clustering)
     x, w = batch["x"], batch["weights"]
     b = x.shape[0]
     key_noise, key_shuffle, key_orth = jax.random.split(rng, 3)
