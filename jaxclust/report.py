@@ -3,9 +3,10 @@
 :func:`draw_run` writes into ``WORKDIR/plots/``:
 
 - ``embedding.png``: the first two principal components of the embedding (the top encoder
-  layer, the algorithm's ``embed``) at the three stages of DEPICT's Figures 4-5: initial
-  (random parameters), after the reconstruction-only warm-up, and final; coloured by the
-  final cluster and, when the dataset has labels, by class;
+  layer: the columns of the algorithm's ``embed`` that its ``clustering_features`` keeps) at
+  the three stages of DEPICT's Figures 4-5: initial (random parameters), after the
+  reconstruction-only warm-up, and final; coloured by the final cluster and, when the
+  dataset has labels, by class;
 - ``learning_curves.png``: the loss terms of the warm-up epochs and of the rounds, the
   fraction of assignments that changed in each round, and ACC/NMI/ARI per round;
 - ``confusion_matrix.png`` (datasets with labels): classes against clusters, each cluster
@@ -209,7 +210,10 @@ def _pretrained_step(source: pathlib.Path) -> int | None:
 
 def compute_projections(workdir: str | pathlib.Path, dataset: data.Dataset) -> dict:
   """The embedding of ``dataset`` at each stage of the run in ``workdir``, projected by
-  :func:`pca_2d`, for a fixed subset of at most :data:`MAX_POINTS` samples.
+  :func:`pca_2d`, for a fixed subset of at most :data:`MAX_POINTS` samples. The embedding is
+  what the initial clustering reads (``Algorithm.clustering_features`` of ``embed``'s
+  output): SpectralNet's and DSCDAN's codes without the spectral outputs, the inter-class
+  separation method's without Algorithm 1's radius.
 
   Returns:
     a dict with ``index`` ``[M]`` (rows of the dataset), ``stages`` and ``titles`` ``[S]``,
@@ -234,7 +238,7 @@ def compute_projections(workdir: str | pathlib.Path, dataset: data.Dataset) -> d
   index = np.arange(n) if n <= MAX_POINTS else np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
   stages, titles, projections, explained = [], [], [], []
   for stage, title, params in _stage_parameters(workdir, config, initial):
-    projection, ratio = pca_2d(np.asarray(engine.embed(params)))
+    projection, ratio = pca_2d(np.asarray(engine.algo.clustering_features(engine.embed(params))))
     stages.append(stage)
     titles.append(title)
     projections.append(projection[index])

@@ -340,3 +340,18 @@ def check_cli(algo, config, tmp_path):
 
 def test_cli(tmp_path):
   check_cli("spectralnet", {**SMALL, "max_rounds": 1}, tmp_path)
+  # The report's embedding plot projects the codes alone, not the spectral outputs beside them.
+  pytest.importorskip("matplotlib")
+  from sklearn.decomposition import PCA
+
+  from jaxclust.checkpoint import Checkpointer
+
+  workdir = tmp_path / "run"
+  saved = np.load(workdir / "embedding_pca.npz")
+  x = data.load_dataset(f"npz:{tmp_path / 'patterns.npz'}").x
+  with Checkpointer(workdir / "checkpoints") as checkpoints:
+    params = checkpoints.restore_saved(int(saved["final_step"]))["params"]
+  reference = PCA(n_components=2).fit_transform(numpy_codes(params, x))
+  projection = saved["projections"][-1]
+  signs = np.sign(np.sum(projection * reference, axis=0))
+  np.testing.assert_allclose(projection * signs, reference, rtol=1e-4, atol=1e-4)
