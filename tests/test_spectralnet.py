@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxclust
-from jaxclust import cli, cluster, data, metrics
+from jaxclust import cli, cluster, data, metrics, report
 from jaxclust.algos import spectralnet
 from jaxclust.engine import MODEL_STATE, Engine
 from jaxclust.errors import ConfigError
@@ -347,7 +347,7 @@ def test_cli(tmp_path):
   from jaxclust.checkpoint import Checkpointer
 
   workdir = tmp_path / "run"
-  saved = np.load(workdir / "embedding_pca.npz")
+  saved = np.load(workdir / report.PROJECTIONS_FILE)
   x = data.load_dataset(f"npz:{tmp_path / 'patterns.npz'}").x
   with Checkpointer(workdir / "checkpoints") as checkpoints:
     params = checkpoints.restore_saved(int(saved["final_step"]))["params"]
