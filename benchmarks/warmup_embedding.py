@@ -15,10 +15,11 @@ and, at each epoch of ``--epochs``, clusters the clean features of the whole dat
 algorithm's initial clustering reads (``Algorithm.clustering_features``: the embedding;
 SpectralNet's and DSCDAN's codes; `ics`' embedding without Algorithm 1's radius) with each
 method of ``--methods``: k-means (what the engines of DEPICT, DEC and SpectralNet run;
-scikit-learn's, 10 restarts), a full-covariance Gaussian mixture, Ward's agglomerative
-clustering (unconstrained, and on a 10-nearest-neighbour graph), AC-PIC (``jaxclust.acpic``,
-what DEPICT's ``init_clustering="acpic"`` runs), and exact spectral clustering
-(scikit-learn's ``SpectralClustering`` on the symmetrised 0/1 graph of each point's
+scikit-learn's, 10 restarts), a full-covariance Gaussian mixture (and, as ``gmm-means``, each
+point's nearest of the mixture's means: where a Student-t layer initialised at them starts),
+Ward's agglomerative clustering (unconstrained, and on a 10-nearest-neighbour graph), AC-PIC
+(``jaxclust.acpic``, what DEPICT's ``init_clustering="acpic"`` runs), and exact spectral
+clustering (scikit-learn's ``SpectralClustering`` on the symmetrised 0/1 graph of each point's
 ``--spectral-neighbors`` nearest neighbours, the point itself counted; the eigenvectors
 SpectralNet's and DSCDAN's networks approximate, with another affinity).
 ``--pretrained WORKDIR ...`` clusters instead the warmed-up features of finished ``bin/train``
@@ -64,9 +65,19 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int, methods=METHODS
     return lambda: SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=n, random_state=seed,
                                       assign_labels="kmeans").fit_predict(z)
 
+  fitted = {}
+
+  def mixture():  # fitted once for both of its entries
+    if "gmm" not in fitted:
+      fitted["gmm"] = GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit(z)
+    return fitted["gmm"]
+
+  def nearest(means):
+    return np.argmin(((z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+
   candidates = {
       "kmeans": {"kmeans": lambda: KMeans(k, n_init=10, random_state=seed).fit_predict(z)},
-      "gmm": {"gmm": lambda: GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit_predict(z)},
+      "gmm": {"gmm": lambda: mixture().predict(z), "gmm-means": lambda: nearest(mixture().means_)},
       "ward-knn10": {"ward-knn10": lambda: AgglomerativeClustering(k, connectivity=kneighbors_graph(z, 10)).fit_predict(z)},
       "acpic": {"acpic": lambda: depict.acpic_clusters(z, k)[0]},  # what init_clustering="acpic" runs
       # what init_clustering="ward" runs

@@ -219,7 +219,8 @@ def test_warmup_embedding_clusterings_recover_separated_blobs_and_skip_ward_when
   z = np.concatenate([rng.normal(c, 0.3, size=(30, 2)) for c in centres])
   truth = np.repeat(np.arange(3), 30)
   found = warmup_embedding.clusterings(z, 3, seed=0, ward_max=1000, spectral_neighbors=(5, 10))
-  assert list(found) == ["kmeans", "gmm", "ward-knn10", "acpic", "ward", "spectral-knn5", "spectral-knn10"]
+  assert list(found) == ["kmeans", "gmm", "gmm-means", "ward-knn10", "acpic", "ward", "spectral-knn5",
+                         "spectral-knn10"]
   for name, (labels, seconds) in found.items():
     assert metrics.acc(truth, labels) == 1.0, name
     assert seconds >= 0
@@ -260,7 +261,7 @@ def test_warmup_embedding_writes_one_record_per_epoch_and_method(tmp_path, capsy
                                 "--set", "conv_features=[4,4]", "--json", str(out)]) == 0
   records = json.loads(out.read_text())
   assert [(r["epoch"], r["method"]) for r in records] == [
-      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "ward-knn10", "acpic", "ward", "spectral-knn10")]
+      (e, m) for e in (1, 2) for m in ("kmeans", "gmm", "gmm-means", "ward-knn10", "acpic", "ward", "spectral-knn10")]
   assert all(0 <= r["acc"] <= 1 and 0 <= r["nmi"] <= 1 and r["smallest"] >= 1 for r in records)
   assert records[0]["loss"] > records[-1]["loss"]  # the warm-up goes on between the checks
   assert len(capsys.readouterr().out.strip().splitlines()) == len(records)
@@ -277,7 +278,8 @@ def test_warmup_embedding_clusters_a_finished_runs_warmed_up_embedding(tmp_path)
   out = tmp_path / "records.json"
   assert warmup_embedding.main(["--dataset", "digits", "--pretrained", str(tmp_path / "run"), "--json", str(out)]) == 0
   records = json.loads(out.read_text())
-  assert [r["method"] for r in records] == ["kmeans", "gmm", "ward-knn10", "acpic", "ward", "spectral-knn10"]
+  assert [r["method"] for r in records] == ["kmeans", "gmm", "gmm-means", "ward-knn10", "acpic", "ward",
+                                           "spectral-knn10"]
   assert all(r["seed"] == 3 and r["epoch"] == 2 and r["pretrained"] == str(tmp_path / "run") for r in records)
   # the run's own initial clustering (k-means on the same embedding) scores as the script's
   init = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
