@@ -59,6 +59,7 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int, methods=METHODS
   from sklearn.mixture import GaussianMixture
   from sklearn.neighbors import kneighbors_graph
 
+  from jaxclust import cluster
   from jaxclust.algos import depict
 
   def spectral(n):
@@ -72,12 +73,9 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int, methods=METHODS
       fitted["gmm"] = GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit(z)
     return fitted["gmm"]
 
-  def nearest(means):
-    return np.argmin(((z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
-
   candidates = {
       "kmeans": {"kmeans": lambda: KMeans(k, n_init=10, random_state=seed).fit_predict(z)},
-      "gmm": {"gmm": lambda: mixture().predict(z), "gmm-means": lambda: nearest(mixture().means_)},
+      "gmm": {"gmm": lambda: mixture().predict(z), "gmm-means": lambda: cluster.assign(z, mixture().means_)},
       "ward-knn10": {"ward-knn10": lambda: AgglomerativeClustering(k, connectivity=kneighbors_graph(z, 10)).fit_predict(z)},
       "acpic": {"acpic": lambda: depict.acpic_clusters(z, k)[0]},  # what init_clustering="acpic" runs
       # what init_clustering="ward" runs
