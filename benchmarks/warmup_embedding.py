@@ -34,6 +34,7 @@ Ward without a graph holds all pairwise distances: it is skipped above ``--ward-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -66,12 +67,9 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int, methods=METHODS
     return lambda: SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=n, random_state=seed,
                                       assign_labels="kmeans").fit_predict(z)
 
-  fitted = {}
-
+  @functools.cache
   def mixture():  # fitted once for both of its entries
-    if "gmm" not in fitted:
-      fitted["gmm"] = GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit(z)
-    return fitted["gmm"]
+    return GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed).fit(z)
 
   candidates = {
       "kmeans": {"kmeans": lambda: KMeans(k, n_init=10, random_state=seed).fit_predict(z)},
