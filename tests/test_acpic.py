@@ -73,6 +73,18 @@ def test_path_integral_matches_the_inverse(n_start):
                                _dense_integral(p.toarray(), nodes, n_start, z), rtol=1e-10)
 
 
+def test_conditional_integrals_are_both_clusters_integrals_over_their_union():
+  x = np.random.default_rng(3).normal(size=(60, 4))
+  p, _ = acpic.knn_transition(x, n_neighbors=8)
+  order = np.random.default_rng(4).permutation(60)
+  a, b = order[:9], order[9:23]
+  union = np.concatenate([a, b])
+  for z in (0.01, 0.3):
+    s_a, s_b = acpic.conditional_integrals(p, a, b, z)
+    np.testing.assert_allclose(s_a, _dense_integral(p.toarray(), union, len(a), z), rtol=1e-10)
+    np.testing.assert_allclose(s_b, _dense_integral(p.toarray(), union[::-1], len(b), z), rtol=1e-10)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_acpic_matches_the_reference(seed):
   x = np.random.default_rng(seed).normal(size=(70, 3))
