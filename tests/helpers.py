@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jaxclust import metrics
+from jaxclust import data, metrics
 
 # Small enough to train in seconds on two CPU cores.
 TINY = dict(
@@ -32,6 +32,14 @@ def pattern_images(n_per_class: int = 25, n_classes: int = 4, size: int = 8, see
   y = np.repeat(np.arange(n_classes), n_per_class)
   x = patterns[y] + 0.1 * rng.normal(size=(len(y), size, size))
   return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int32)
+
+
+def write_digits_subset(path, n: int) -> np.ndarray:
+  """Writes the first ``n`` of the 8x8 digits to the npz file ``path`` (uint8 pixels, as a
+  user's images would be, and their labels) and returns those labels."""
+  digits = data.load_dataset("digits")
+  np.savez(path, x=np.round((digits.x[:n, ..., 0] + 1) * 127.5).astype(np.uint8), y=digits.y[:n])
+  return digits.y[:n]
 
 
 def interrupt_fit(monkeypatch, make_engine, at_epoch: int) -> None:

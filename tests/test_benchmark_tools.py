@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxclust import data, metrics
+from tests.helpers import write_digits_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,9 +259,8 @@ def test_warmup_embedding_spectral_method_is_the_eigenvectors_of_the_knn_graph()
 def digits_subset(tmp_path_factory):
   """``npz:PATH`` of the first 400 of the 8x8 digits, with their labels: the clusterings the
   script runs (AC-PIC's above all) take a tenth of their time on all 1,797."""
-  digits = data.load_dataset("digits")
   path = tmp_path_factory.mktemp("data") / "digits400.npz"
-  np.savez(path, x=np.round((digits.x[:400, ..., 0] + 1) * 127.5).astype(np.uint8), y=digits.y[:400])
+  write_digits_subset(path, 400)
   return f"npz:{path}"
 
 

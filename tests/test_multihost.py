@@ -16,10 +16,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from jaxclust import cli, data, metrics, parallel
+from jaxclust import cli, metrics, parallel
 from jaxclust.checkpoint import Checkpointer
 from jaxclust.engine import MODEL_STATE
-from tests.helpers import assert_same_clustering
+from tests.helpers import assert_same_clustering, write_digits_subset
 from tests.test_parallel import DEC
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,11 +55,8 @@ AUDITED_TRAIN = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def digits_subset(tmp_path_factory):
   """The first 400 of the 8x8 digits as an npz file (uint8, like the test patterns)."""
-  digits = data.load_dataset("digits")
-  x = np.round((digits.x[:N_SAMPLES, ..., 0] + 1) / 2 * 255).astype(np.uint8)
   path = tmp_path_factory.mktemp("data") / "digits400.npz"
-  np.savez(path, x=x, y=digits.y[:N_SAMPLES])
-  return path, digits.y[:N_SAMPLES]
+  return path, write_digits_subset(path, N_SAMPLES)
 
 
 DEC_CONFIG = {**DEC, "n_clusters": N_CLUSTERS, "batch_size": 30}  # 4 devices do not divide 30
