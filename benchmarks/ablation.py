@@ -17,7 +17,8 @@ finished run is read back instead of rerun, an interrupted one resumes. ``--full
 takes the runs of the variant without overrides (the default config) from ``DIR`` instead,
 for example the quality table's runs, so they are not trained twice. Prints one markdown
 table: per variant and dataset the overrides, the seeds finished, ACC, NMI and ARI as
-mean ± std, the mean rounds and wall seconds; ``--json PATH`` writes the rows. ``--variants``
+mean ± std, the mean rounds and wall seconds, and the paper's figures for the same variant and
+dataset where it prints them (``PAPER_ABLATION``); ``--json PATH`` writes the rows. ``--variants``
 trains (or reads) only the named variants.
 """
 
@@ -56,6 +57,41 @@ VARIANTS: dict[str, dict[str, dict]] = {
 }
 """Per algorithm, the variants in the papers' order: name -> config overrides."""
 
+ABLATION_SOURCES = {
+    "DSCDAN T4": "Yang et al., Deep Spectral Clustering using Dual Autoencoder Network (DSCDAN), CVPR 2019, "
+                 "Table 4: MNIST-full 70,000, MNIST-test 10,000, USPS 9,298, Fashion-MNIST 70,000 images",
+}
+"""The tables behind ``PAPER_ABLATION``, by the short label the table shows (../shared/papers)."""
+
+
+def _table4(*acc_nmi: tuple[float, float], n: int) -> dict[str, dict]:
+  names = ("ConvAE", "ConvAE+MI", "ConvAE+RS", "ConvAE+MI+RS", "ConvAE+MI+RS+SN")
+  return {name: quality._paper(acc, nmi, n, "DSCDAN T4") for name, (acc, nmi) in zip(names, acc_nmi, strict=True)}
+
+
+PAPER_ABLATION: dict[str, dict[str, dict[str, dict]]] = {
+    "dscdan": {
+        "mnist": _table4((0.776, 0.745), (0.835, 0.800), (0.803, 0.841), (0.957, 0.910), (0.978, 0.941), n=70000),
+        "mnist-test": _table4((0.781, 0.751), (0.844, 0.796), (0.801, 0.850), (0.961, 0.914), (0.980, 0.946),
+                              n=10000),
+        "usps": _table4((0.698, 0.652), (0.785, 0.744), (0.798, 0.752), (0.831, 0.827), (0.869, 0.857), n=9298),
+        "fashion-mnist": _table4((0.546, 0.556), (0.592, 0.609), (0.614, 0.597), (0.656, 0.640), (0.662, 0.645),
+                                 n=70000),
+    },
+}
+"""The papers' ACC and NMI per algorithm, dataset (our loader's name) and variant. The text copy of
+DSCDAN's Table 4 lost its layout; its columns are read in the order of the variants' names, which
+the last column confirms: it is DSCDAN's own figure in Table 3 on every dataset (MNIST-full 0.978 /
+0.941, MNIST-test 0.980 / 0.946, USPS 0.869 / 0.857, Fashion-MNIST 0.662 / 0.645). Table 4's YTF
+column is left out (no loader here); paper 003's Figure 5 (``ics``) prints no numbers."""
+
+
+def paper_ablation(algo: str, dataset: str, variant: str) -> dict | None:
+  """The paper's figure for ``variant`` on ``dataset`` (or on the whole of a split), or ``None``."""
+  known = PAPER_ABLATION.get(algo, {})
+  per_variant = known.get(dataset.lower()) or known.get(quality.PAPER_FALLBACK.get(dataset.lower(), ""), {})
+  return per_variant.get(variant)
+
 
 def variant_dir(name: str) -> str:
   return name.lower().replace("+", "-").replace(", ", "-").replace(" ", "-")
@@ -86,18 +122,25 @@ def collect(algo: str, datasets: list[str], seeds: list[int], root: pathlib.Path
           runs[seed] = quality.run_one(algo, dataset, seed, where, overrides)
       started = [s for s in seeds if quality.workdir_of(where, algo, dataset, s).is_dir()]
       row = quality.summarize(algo, dataset, seeds, runs, started)
-      rows.append({**row, "variant": name, "overrides": overrides, "root": str(where)})
+      rows.append({**row, "variant": name, "overrides": overrides, "root": str(where),
+                   "paper": paper_ablation(algo, dataset, name)})
   return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-  header = ["variant", "overrides", "dataset", "seeds", "ACC", "NMI", "ARI", "rounds", "total s / run"]
-  return "\n".join(quality.markdown(header, [
+  header = ["variant", "overrides", "dataset", "seeds", "ACC", "NMI", "ARI", "rounds", "total s / run",
+            "paper ACC / NMI"]
+  lines = quality.markdown(header, [
       [r["variant"], " ".join(f"{k}={v:g}" for k, v in r["overrides"].items()) or "(default config)",
        r["dataset"], quality.seeds_cell(r), quality.mean_std(r["acc"]), quality.mean_std(r["nmi"]),
        quality.mean_std(r["ari"]), f"{np.mean(r['rounds']):.0f}" if r["rounds"] else "—",
-       f"{np.mean(r['seconds']):.0f}" if r["seconds"] else "—"]
-      for r in rows]))
+       f"{np.mean(r['seconds']):.0f}" if r["seconds"] else "—", quality.paper_cell(r.get("paper"), r["n"])]
+      for r in rows])
+  cited = sorted({r["paper"]["cite"] for r in rows if r.get("paper")})
+  if cited:
+    lines += ["", "paper ACC / NMI: " + "; ".join(f"[{label}] {ABLATION_SOURCES[label]}" for label in cited)
+              + ". A size in brackets, as (70k): the paper's number is on that many images, not on the row's N."]
+  return "\n".join(lines)
 
 
 def main(argv=None) -> int:

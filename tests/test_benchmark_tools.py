@@ -387,6 +387,38 @@ def test_ablation_variants_option_selects_rows_and_rejects_unknown_names(tmp_pat
   assert error.value.code == 2 and "unknown variant 'ConvAE' of ics" in capsys.readouterr().err
 
 
+def test_ablation_table_gives_the_papers_figures_of_each_variant(tmp_path, monkeypatch, capsys):
+  """DSCDAN's rows carry Table 4's figure for their variant, the whole dataset's for a split
+  (marked by its size), and the table's last variant is DSCDAN itself: Table 3's figure."""
+  monkeypatch.setenv("JAXCLUST_XLA_CPU", "0")
+  ablation = load_script("ablation")
+  quality = load_script("quality")
+  for dataset, table4 in ablation.PAPER_ABLATION["dscdan"].items():
+    assert list(table4) == list(ablation.VARIANTS["dscdan"])
+    full = quality.PAPER_RESULTS["dscdan"][dataset]
+    assert (table4["ConvAE+MI+RS+SN"]["acc"], table4["ConvAE+MI+RS+SN"]["nmi"], table4["ConvAE+MI+RS+SN"]["n"]) == (
+        full["acc"], full["nmi"], full["n"]), dataset
+  rng = np.random.default_rng(3)
+  for dataset, n in (("fashion-mnist-test", 10000), ("digits", 1797)):
+    write_finished_run(tmp_path / "convae" / f"dscdan-{dataset}-seed0", fake_summary("dscdan", dataset, n, rng),
+                       [1.0], [], 0.5)
+  assert ablation.main(["--algo", "dscdan", "--datasets", "fashion-mnist-test", "digits", "--seeds", "0",
+                        "--root", str(tmp_path), "--table-only", "--variants", "ConvAE", "ConvAE+MI+RS+SN"]) == 0
+  out = capsys.readouterr().out
+  lines = [line for line in out.splitlines() if line.startswith("| ")]
+  header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+  rows = {(r["variant"], r["dataset"]): r for r in (
+      dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[1:])}
+  table4 = ablation.PAPER_ABLATION["dscdan"]["fashion-mnist"]
+  for variant in ("ConvAE", "ConvAE+MI+RS+SN"):
+    paper = table4[variant]
+    assert rows[variant, "fashion-mnist-test"]["paper ACC / NMI"] == (
+        f"{paper['acc']:.3f} / {paper['nmi']:.3f} (70k) [DSCDAN T4]")
+    assert rows[variant, "digits"]["paper ACC / NMI"] == "—"
+  assert rows["ConvAE+MI+RS+SN", "fashion-mnist-test"]["seeds"] == "not run"
+  assert "[DSCDAN T4] " + ablation.ABLATION_SOURCES["DSCDAN T4"] in out
+
+
 def test_throughput_error_summary_keeps_the_line_an_introduction_announces():
   """A failing mode's record names the error: the second line where the first only
   introduces it (torch.compile's ``backend='inductor' raised:``), else the first."""
