@@ -88,9 +88,7 @@ column is left out (no loader here); paper 003's Figure 5 (``ics``) prints no nu
 
 def paper_ablation(algo: str, dataset: str, variant: str) -> dict | None:
   """The paper's figure for ``variant`` on ``dataset`` (or on the whole of a split), or ``None``."""
-  known = PAPER_ABLATION.get(algo, {})
-  per_variant = known.get(dataset.lower()) or known.get(quality.PAPER_FALLBACK.get(dataset.lower(), ""), {})
-  return per_variant.get(variant)
+  return (quality.by_dataset(PAPER_ABLATION.get(algo, {}), dataset) or {}).get(variant)
 
 
 def variant_dir(name: str) -> str:
@@ -136,11 +134,7 @@ def markdown_table(rows: list[dict]) -> str:
        quality.mean_std(r["ari"]), f"{np.mean(r['rounds']):.0f}" if r["rounds"] else "—",
        f"{np.mean(r['seconds']):.0f}" if r["seconds"] else "—", quality.paper_cell(r.get("paper"), r["n"])]
       for r in rows])
-  cited = sorted({r["paper"]["cite"] for r in rows if r.get("paper")})
-  if cited:
-    lines += ["", "paper ACC / NMI: " + "; ".join(f"[{label}] {ABLATION_SOURCES[label]}" for label in cited)
-              + ". A size in brackets, as (70k): the paper's number is on that many images, not on the row's N."]
-  return "\n".join(lines)
+  return "\n".join(lines + quality.papers_footnote(rows, ABLATION_SOURCES))
 
 
 def main(argv=None) -> int:

@@ -174,10 +174,14 @@ def missing_reason(dataset: str) -> str | None:
   return None
 
 
+def by_dataset(known: dict, dataset: str):
+  """``known[dataset]``, else the whole dataset's entry for a split (``PAPER_FALLBACK``), else ``None``."""
+  return known.get(dataset.lower()) or known.get(PAPER_FALLBACK.get(dataset.lower(), ""))
+
+
 def paper_result(algo: str, dataset: str) -> dict | None:
   """The papers' numbers for ``algo`` on ``dataset`` (or on the whole of a split), or ``None``."""
-  known = PAPER_RESULTS.get(algo, {})
-  return known.get(dataset.lower()) or known.get(PAPER_FALLBACK.get(dataset.lower(), ""))
+  return by_dataset(PAPER_RESULTS.get(algo, {}), dataset)
 
 
 def summarize(algo: str, dataset: str, seeds: list[int], runs: dict[int, dict], unfinished=()) -> dict:
@@ -257,12 +261,16 @@ def markdown_table(rows: list[dict]) -> str:
        _number(r["warmup_epoch_seconds"], 2), _number(r["round_seconds"], 2),
        mean_std(r["init_acc"]), paper_cell(r["paper"], r["n"])]
       for r in rows])
-  cited = sorted({r["paper"]["cite"] for r in rows if r["paper"]})
-  if cited:
-    lines.append("")
-    lines.append("paper ACC / NMI: " + "; ".join(f"[{label}] {SOURCES[label]}" for label in cited)
-                 + ". A size in brackets, as (70k): the paper's number is on that many images, not on the row's N.")
-  return "\n".join(lines)
+  return "\n".join(lines + papers_footnote(rows, SOURCES))
+
+
+def papers_footnote(rows: list[dict], sources: dict[str, str]) -> list[str]:
+  """The lines under a table naming the sources its rows' ``paper`` cells cite (none if none)."""
+  cited = sorted({r["paper"]["cite"] for r in rows if r.get("paper")})
+  if not cited:
+    return []
+  return ["", "paper ACC / NMI: " + "; ".join(f"[{label}] {sources[label]}" for label in cited)
+          + ". A size in brackets, as (70k): the paper's number is on that many images, not on the row's N."]
 
 
 def legacy_table(rows: list[dict]) -> str:
