@@ -182,6 +182,35 @@ def test_agglomerative_initial_clustering_sets_the_targets_and_the_softmax_weigh
   assert engine.fit().rounds >= 1
 
 
+def test_spectral_clusters_follow_the_neighbour_graph_where_kmeans_cuts_across_it():
+  # Two concentric rings: k-means splits them by a line, the kNN graph keeps each ring whole.
+  from sklearn.cluster import KMeans
+
+  rng = np.random.default_rng(5)
+  angles = rng.uniform(0, 2 * np.pi, size=200)
+  radius = np.where(np.arange(200) < 100, 1.0, 3.0) + rng.normal(0, 0.05, size=200)
+  features = np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+  rings = (np.arange(200) >= 100).astype(int)
+  labels, centroids = depict.spectral_clusters(features, 2, n_neighbors=10, seed=0)
+  assert metrics.acc(rings, np.asarray(labels)) == 1.0
+  assert metrics.acc(rings, KMeans(2, n_init=10, random_state=0).fit_predict(features)) < 0.8
+  for c in range(2):
+    np.testing.assert_allclose(centroids[c], features[np.asarray(labels) == c].mean(axis=0), rtol=1e-5)
+
+
+def test_spectral_initial_clustering_sets_the_targets_and_the_softmax_weights():
+  engine = make_engine(init_clustering="spectral", spectral_neighbors=5)
+  params = engine.algo.init(jax.random.key(0), engine.x[:8])
+  features = np.asarray(engine.embed(params))
+  params, targets = engine.algo.init_clusters(params, features, jax.random.key(1))
+  labels = np.asarray(targets).argmax(axis=1)
+  assert np.asarray(targets).max(axis=1).min() == 1.0  # one-hot
+  centroids = np.stack([features[labels == c].mean(axis=0) for c in range(4)])
+  unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+  np.testing.assert_allclose(params["head"]["kernel"], unit.T, rtol=1e-5, atol=1e-6)
+  assert engine.fit().rounds >= 1
+
+
 def test_ward_refuses_a_dataset_too_large_for_its_distance_matrix():
   config = depict.DepictConfig(**{**TINY, "init_clustering": "ward"})
   with pytest.raises(ConfigError, match="at most 30000"):
@@ -196,7 +225,8 @@ def test_ward_refuses_a_dataset_too_large_for_its_distance_matrix():
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"prior": (1.0, 2.0)}, "prior must have n_clusters"),
         ({"target_form": "cubed"}, "target_form"),
-        ({"init_clustering": "spectral"}, "init_clustering"),
+        ({"init_clustering": "dbscan"}, "init_clustering"),
+        ({"init_clustering": "spectral", "spectral_neighbors": 1}, "spectral_neighbors"),
         ({"n_labeled": 5}, "needs a dataset with labels"),
     ],
 )

@@ -18,8 +18,9 @@ Sources for what the paper leaves open, from the authors' code (herandy/DEPICT):
 - The initial clustering: the paper allows "K-means or AC-PIC"; the authors' code runs
   AC-PIC (agglomerative clustering via path integral) for MNIST-test and USPS and k-means
   for the other datasets. k-means is the default; ``init_clustering="acpic"`` runs AC-PIC
-  (:mod:`jaxclust.acpic`, the authors' parameters) and ``init_clustering="ward"`` Ward's
-  agglomerative clustering (for up to 30,000 samples). Ward's is the default of the 10k-image
+  (:mod:`jaxclust.acpic`, the authors' parameters), ``init_clustering="ward"`` Ward's
+  agglomerative clustering (for up to 30,000 samples) and ``init_clustering="spectral"``
+  spectral clustering of the kNN graph (:func:`spectral_clusters`). Ward's is the default of the 10k-image
   sets (MNIST-test, USPS and the Fashion-MNIST test split; ``jaxclust.configs.depict``): on
   the Fashion-MNIST test split AC-PIC's clusterings of the same embeddings score higher NMI
   but lower ACC, as it keeps a few clusters of two or three outlying images
@@ -88,12 +89,15 @@ class DepictConfig(TrainConfig):
   target_form: str = "paper"  # "paper" (eq. 7) or "squared" (the authors' code)
   init_targets: str = "hard"  # first M-step on one-hot k-means labels, or "soft" (eq. 7)
   kmeans_n_init: int = 10
-  init_clustering: str = "kmeans"  # Algorithm 1 line 1: "kmeans", "ward" or "acpic" (agglomerative)
+  init_clustering: str = "kmeans"  # Algorithm 1 line 1: "kmeans", "ward", "acpic" or "spectral"
+  spectral_neighbors: int = 10  # init_clustering="spectral": each point's neighbours, itself counted
 
   def validate(self, n_samples: int) -> None:
     super().validate(n_samples)
-    if self.init_clustering not in ("kmeans", "ward", "acpic"):
-      raise ConfigError(f"init_clustering must be 'kmeans', 'ward' or 'acpic'; got {self.init_clustering!r}")
+    if self.init_clustering not in ("kmeans", "ward", "acpic", "spectral"):
+      raise ConfigError(f"init_clustering must be 'kmeans', 'ward', 'acpic' or 'spectral'; got {self.init_clustering!r}")
+    if self.init_clustering == "spectral" and not 2 <= self.spectral_neighbors < n_samples:
+      raise ConfigError(f"spectral_neighbors must be in [2, n_samples); got {self.spectral_neighbors}")
     if self.init_clustering == "ward" and n_samples > WARD_MAX_SAMPLES:
       raise ConfigError(f"init_clustering='ward' holds all pairwise distances: at most {WARD_MAX_SAMPLES} "
                         f"samples, got {n_samples}; use 'kmeans'")
@@ -142,6 +146,19 @@ def acpic_clusters(features: np.ndarray, n_clusters: int) -> tuple[jax.Array, ja
 
   features = np.asarray(features, np.float64)
   return _labels_and_means(features, acpic(features, n_clusters), n_clusters)
+
+
+def spectral_clusters(features: np.ndarray, n_clusters: int, n_neighbors: int, seed: int) -> tuple[jax.Array, jax.Array]:
+  """Spectral clustering of ``features`` ``[N, D]``: scikit-learn's ``SpectralClustering`` on
+  the symmetrised 0/1 graph of each point's ``n_neighbors`` nearest neighbours (the point itself
+  counted), k-means on the normalised Laplacian's eigenvectors; ``(labels [N] int32, centroids
+  [K, D])`` as :func:`ward_clusters`."""
+  from sklearn.cluster import SpectralClustering
+
+  features = np.asarray(features, np.float64)
+  labels = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=n_neighbors,
+                              random_state=seed).fit_predict(features)
+  return _labels_and_means(features, labels, n_clusters)
 
 
 class Depict(Algorithm):
@@ -196,6 +213,9 @@ class Depict(Algorithm):
       labels, centroids = ward_clusters(np.asarray(features), k)
     elif self.config.init_clustering == "acpic":
       labels, centroids = acpic_clusters(np.asarray(features), k)
+    elif self.config.init_clustering == "spectral":
+      seed = int(jax.random.randint(rng, (), 0, np.iinfo(np.int32).max))
+      labels, centroids = spectral_clusters(np.asarray(features), k, self.config.spectral_neighbors, seed)
     else:
       result = cluster.kmeans(rng, jnp.asarray(features), k, n_init=self.config.kmeans_n_init)
       labels, centroids = result.labels, result.centroids
