@@ -56,16 +56,15 @@ def clusterings(z: np.ndarray, k: int, seed: int, ward_max: int, methods=METHODS
   """Each method's ``(labels, seconds)`` for the embedding ``z`` ``[N, D]``, in the order of
   :data:`METHODS`; ``"spectral"`` gives one entry ``"spectral-knn{n}"`` per ``n`` of
   ``spectral_neighbors``."""
-  from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
+  from sklearn.cluster import AgglomerativeClustering, KMeans
   from sklearn.mixture import GaussianMixture
   from sklearn.neighbors import kneighbors_graph
 
   from jaxclust import cluster
   from jaxclust.algos import depict
 
-  def spectral(n):
-    return lambda: SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=n, random_state=seed,
-                                      assign_labels="kmeans").fit_predict(z)
+  def spectral(n):  # what init_clustering="spectral" runs, with spectral_neighbors=n
+    return lambda: depict.spectral_clusters(z, k, n, seed)[0]
 
   @functools.cache
   def mixture():  # fitted once for both of its entries

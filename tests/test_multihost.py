@@ -63,12 +63,15 @@ DEC_CONFIG = {**DEC, "n_clusters": N_CLUSTERS, "batch_size": 30}  # 4 devices do
 # SpectralNet with small networks; its orthogonalization batches, affinities and per-round
 # k-means all see the global minibatch or dataset.
 SPECTRALNET = {"n_clusters": N_CLUSTERS, "hidden_dims": [32, 32, 64], "embedding_dim": 8, "spectral_hidden": [32, 32],
-               "batch_size": 30, "eval_batch_size": 64, "warmup_epochs": 1, "steps_per_round": 4, "max_rounds": 2,
+               "batch_size": 30, "eval_batch_size": 64, "warmup_epochs": 3, "steps_per_round": 4, "max_rounds": 2,
                "kmeans_n_init": 2, "tol": 0.0}
 # Two rounds: the first is resumed from, the second runs after it. This small run is far from
 # converged (a tenth of the assignments change each round), so rounding differences between one
 # process and two grow round after round: one sample apart after round 2, 19 of 400 after
-# round 3 on one CPU (AMD EPYC), past what assert_same_clustering allows.
+# round 3 on one CPU (AMD EPYC), past what assert_same_clustering allows. With one warm-up
+# epoch and the packages pip resolved on 2026-11-24 (jax 0.10.2, flax 0.12.8, numpy 2.4.6) the
+# two runs disagreed on 10% of the samples after round 2; after three epochs the codes are
+# tight enough that their rounds stay within the bound.
 
 
 def train_args(dataset, workdir, algo="dec", config=DEC_CONFIG):
